@@ -1,0 +1,78 @@
+"""What the core hands a plugin's factory: its name, options, logger, and a
+command runner bound to the deadline of the current collection."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from typing import Any, Mapping, Optional, Sequence, Set
+
+from . import commands
+
+
+class PluginContext:
+    """One instance of a collector, rule or action type, as configured.
+
+    :ivar name: the instance's name (``[collectors.<name>]``, the rule's or action's name).
+    :ivar type: the type's name.
+    :ivar options: the instance's validated options, defaults filled in.
+    :ivar plugin_options: the validated ``[plugins.<plugin>]`` table of the plugin that registered the type.
+    :ivar interval: for collectors, seconds between collections.
+    :ivar timeout: seconds one collection (or action) may take before it is abandoned.
+    :ivar state_dir: a directory the plugin may keep files in.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        options: Mapping[str, Any],
+        plugin_options: Optional[Mapping[str, Any]] = None,
+        interval: float = 0.0,
+        timeout: float = 10.0,
+        state_dir: str = "",
+        log: Optional[logging.Logger] = None,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.options = options
+        self.plugin_options = plugin_options or {}
+        self.interval = interval
+        self.timeout = timeout
+        self.state_dir = state_dir
+        self.log = log or logging.getLogger(f"npuagent.{type}.{name}")
+        #: monotonic time by which the current collection must end (set by the agent).
+        self.deadline: Optional[float] = None
+        self._running: Set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        """Seconds left before the current deadline (the full timeout when none is set)."""
+        if self.deadline is None:
+            return self.timeout
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: Optional[float] = None,
+        env: Optional[Mapping[str, str]] = None,
+        input: Optional[str] = None,
+    ) -> commands.CommandResult:
+        """Run a command (argv list, no shell) within what is left of the deadline.
+
+        The child is killed when its own ``timeout`` or the collection's deadline
+        passes, whichever comes first; also when the agent abandons the collection.
+        """
+        limit = self.remaining() if timeout is None else min(timeout, self.remaining())
+        return commands.run(argv, limit, env=env, input=input, running=self._running, lock=self._lock)
+
+    def kill_commands(self) -> int:
+        """Kill every command this context is running; returns how many."""
+        with self._lock:
+            procs = list(self._running)
+        for proc in procs:
+            commands.kill_group(proc)
+        return len(procs)
