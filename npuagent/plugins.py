@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pluggy
 
-from . import __version__, hookspecs
+from . import __version__, hookspecs, permissions
 from .model import ActionResult, ActionType, AlertTransition, CollectorType, RuleType
 from .options import Option
 
@@ -86,6 +86,32 @@ def _module_files(obj: Any) -> List[str]:
     return sorted(set(files))
 
 
+def _spec_files(reference: str) -> List[str]:
+    """The files an entry point would import, found without importing it.
+
+    For a package, its directory and every file below it: whoever can change
+    any of them runs code in the agent.
+    """
+    import importlib.util
+
+    top = reference.split(":", 1)[0].strip().split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        files = []
+        for location in spec.submodule_search_locations:
+            files.append(location)
+            for root, dirs, names in os.walk(location):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                files.extend(os.path.join(root, n) for n in dirs + names)
+        return files
+    return [spec.origin] if spec.origin and os.path.exists(spec.origin) else []
+
+
 def _entry_points() -> Iterable[Tuple[Any, str, str]]:
     """(entry point, distribution name, version) of the group, once per distribution.
 
@@ -122,13 +148,17 @@ class Plugins:
         disabled: Sequence[str] = (),
         entry_points: bool = True,
         builtins: Sequence[Tuple[str, str]] = BUILTIN_PLUGINS,
+        strict: Optional[bool] = None,
     ) -> None:
         """Register the built-ins and (unless ``entry_points`` is false) the
         installed plugins, except those named in ``disabled`` or in the
         ``NPUAGENT_DISABLE_PLUGINS`` environment variable (comma-separated).
 
+        :param strict: refuse, before importing it, a plugin whose files a
+            non-root user can change; defaults to "running as root".
         :raises StartupError: a plugin implements a hook that does not exist.
         """
+        strict = permissions.running_as_root() if strict is None else strict
         blocked = set(disabled) | {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         for name, modname in builtins:
             if name in blocked:
@@ -139,6 +169,12 @@ class Plugins:
             for ep, dist, version in _entry_points():
                 if ep.name in blocked:
                     self.infos[ep.name] = PluginInfo(ep.name, dist, version, False, "disabled")
+                    continue
+                refused = permissions.check_files(_spec_files(ep.value), "plugin code") if strict else []
+                if refused:
+                    for message in refused:
+                        log.error("plugin %s from %s %s: %s", ep.name, dist, version, message)
+                    self.infos[ep.name] = PluginInfo(ep.name, dist, version, False, "failed", "; ".join(refused))
                     continue
                 try:
                     obj = ep.load()
