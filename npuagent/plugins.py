@@ -40,6 +40,9 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
+#: Extra plugin modules to load, comma-separated, as ``PYTEST_PLUGINS`` does for pytest:
+#: a local plugin without packaging it (and the tests' faulty plugins).
+PLUGINS_ENV = "NPUAGENT_PLUGINS"
 
 
 class StartupError(Exception):
@@ -84,6 +87,18 @@ def _module_files(obj: Any) -> List[str]:
             if path:
                 files.append(path)
     return sorted(set(files))
+
+
+class _LocalEntryPoint:
+    """A module named in ``NPUAGENT_PLUGINS``, loaded like an entry point."""
+
+    group = ENTRY_POINT_GROUP
+
+    def __init__(self, module: str) -> None:
+        self.name = self.value = module
+
+    def load(self) -> Any:
+        return importlib.import_module(self.value)
 
 
 def _spec_files(reference: str) -> List[str]:
@@ -165,8 +180,9 @@ class Plugins:
                 self.infos[name] = PluginInfo(name, "npuagent", __version__, True, "disabled")
                 continue
             self.register(importlib.import_module(modname), name, "npuagent", __version__, builtin=True)
+        extra = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
         if entry_points:
-            for ep, dist, version in _entry_points():
+            for ep, dist, version in [*_entry_points(), *((_LocalEntryPoint(m), PLUGINS_ENV, "-") for m in extra)]:
                 if ep.name in blocked:
                     self.infos[ep.name] = PluginInfo(ep.name, dist, version, False, "disabled")
                     continue

@@ -77,7 +77,7 @@ def test_shipped_configuration_is_valid(capsys: pytest.CaptureFixture) -> None:
 def test_an_empty_file_runs_on_defaults(tmp_path) -> None:
     path = tmp_path / "npuagent.toml"
     path.write_text("")
-    plugins, cfg = cli.load(str(path))
+    _plugins, cfg = cli.load(str(path))
     assert cfg.agent["log_level"] == "info"
     assert cfg.listen == ("127.0.0.1", 9740)
     host = [c for c in cfg.collectors if c.name == "host"]
@@ -97,7 +97,8 @@ def test_conf_d_files_merge_in_name_order_and_errors_name_the_drop_in(tmp_path) 
     main.write_text('[agent]\nlog_level = "info"\n\n[collectors.host]\ninterval = "10s"\n')
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "20-late.toml").write_text('[agent]\nlog_level = "error"\n')
-    (tmp_path / "conf.d" / "10-early.toml").write_text('[agent]\nlog_level = "debug"\n[collectors.host]\ntimeout = "2s"\n')
+    (tmp_path / "conf.d" / "10-early.toml").write_text(
+        '[agent]\nlog_level = "debug"\n[collectors.host]\ntimeout = "2s"\n')
     _plugins, cfg = cli.load(str(main))
     assert cfg.agent["log_level"] == "error"  # 20-late wins over 10-early and the main file
     host = next(c for c in cfg.collectors if c.name == "host")

@@ -1,0 +1,1 @@
+"""npuagent test suite."""

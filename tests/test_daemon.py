@@ -1,0 +1,192 @@
+"""A real agent process: systemd notify on a real datagram socket, signals, /metrics over HTTP, promtool."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any, Dict, Optional
+
+import psutil
+import pytest
+
+from .conftest import HERE, ROOT, NotifySocket
+
+pytestmark = pytest.mark.slow
+
+FAULTY = """
+[agent]
+log_level = "info"
+[http]
+listen = "127.0.0.1:0"
+[collectors.host]
+interval = "1s"
+[collectors.hang]
+[collectors.raise]
+[collectors.missing]
+[collectors.good]
+"""
+
+
+class Daemon:
+    def __init__(self, tmp_path: Any, text: str, env: Optional[Dict[str, str]] = None) -> None:
+        self.path = tmp_path / "npuagent.toml"
+        self.path.write_text(text)
+        self.notify = NotifySocket(str(tmp_path / "notify.sock"))
+        self.log = open(tmp_path / "agent.log", "w+")  # noqa: SIM115 - lives as long as the process
+        full_env = {**os.environ, "NOTIFY_SOCKET": self.notify.path,
+                    "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "helpers"), ROOT]),
+                    **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "npuagent", "run", "-c", str(self.path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.port = 0
+
+    def text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait_port(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/metrics", self.text())
+            if m:
+                self.port = int(m.group(1))
+                return self.port
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.05)
+        raise AssertionError(f"no listening line:\n{self.text()}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    def metric(self, body: str, name: str, **labels: str) -> Optional[float]:
+        for line in body.splitlines():
+            if line.startswith("#"):
+                continue
+            m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+            if not m or m.group(1) != name:
+                continue
+            got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(m.group(3))
+        return None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.notify.close()
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def daemon(tmp_path: Any) -> Any:
+    started = []
+
+    def start(text: str = FAULTY, env: Optional[Dict[str, str]] = None) -> Daemon:
+        d = Daemon(tmp_path, text, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def test_misbehaving_collectors_do_not_stop_the_loop_or_its_watchdog(daemon: Any) -> None:
+    d = daemon(env={"WATCHDOG_USEC": "2000000", "NPUAGENT_PLUGINS": "faulty_collectors,raising_plugin"})
+    d.wait_port()
+    assert d.notify.wait_for("READY=1") is not None, d.text()
+    time.sleep(6)
+    body = d.get("/metrics")
+    # the loop kept its pace: the good collector (every 0.5s) ran many times, and pings kept coming
+    assert d.metric(body, "good_collections_total") >= 5
+    pings = [t for t, m in d.notify.messages if "WATCHDOG=1" in m.split("\n")]
+    assert len(pings) >= 5
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert max(gaps) < 2.0, f"a watchdog gap of {max(gaps):.2f}s would have had systemd kill the agent"
+    # each failure shows in the collector metrics
+    for name in ("hang", "raise", "missing"):
+        assert d.metric(body, "npuagent_collector_up", collector=name) == 0
+        assert d.metric(body, "npuagent_collector_errors_total", collector=name) >= 1
+    assert d.metric(body, "npuagent_collector_skipped_total", collector="hang") >= 1  # busy at its next ticks
+    assert d.metric(body, "npuagent_collector_up", collector="good") == 1
+    assert d.metric(body, "npuagent_collector_up", collector="host") == 1
+    assert d.metric(body, "hang_value") is None
+    # the plugin that raises in every hook is counted per hook and the agent goes on
+    for hook in ("npuagent_collector_types", "npuagent_config_options", "npuagent_startup"):
+        assert d.metric(body, "npuagent_plugin_errors_total", plugin="raising_plugin", hook=hook) >= 1
+    # the example plugin, installed as a package, is loaded through its entry point
+    assert d.metric(body, "example_file_exists", path="/etc/hostname") == 1
+    status = d.get("/status")
+    assert '"last_error": "timed out after 1s"' in status
+    assert "scripted failure" in status and "cannot run /nonexistent/npu-smi" in status
+    assert d.get("/healthz") == "ok\n"
+    # the hung collector's `sleep 30` children were killed, not left behind
+    sleeps = [c for c in psutil.Process(d.proc.pid).children(recursive=True) if c.name() == "sleep"]
+    assert len(sleeps) <= 1  # at most the one of the collection in flight right now
+    assert d.stop() == 0
+    assert d.notify.wait_for("STOPPING=1", timeout=5) is not None
+
+
+def test_sighup_reload_refuses_an_invalid_configuration_and_applies_a_valid_one(daemon: Any) -> None:
+    d = daemon(text='[http]\nlisten = "127.0.0.1:0"\n[collectors.host]\ninterval = "1s"\n')
+    d.wait_port()
+    ready = d.notify.wait_for("READY=1")
+    assert ready is not None
+    body = d.get("/metrics")
+    assert d.metric(body, "npuagent_config_last_reload_successful") == 1
+    assert d.metric(body, "npuagent_collector_up", collector="example-files") == 1
+
+    d.path.write_text('[http]\nlisten = "127.0.0.1:0"\n[collectors.host]\ninterval = "1 second"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    reloading = d.notify.wait_for("RELOADING=1", after=ready + 1)
+    assert reloading is not None
+    assert d.notify.wait_for("READY=1", after=reloading + 1) is not None
+    body = d.get("/metrics")
+    assert d.metric(body, "npuagent_config_last_reload_successful") == 0
+    assert d.metric(body, "npuagent_collector_up", collector="host") == 1  # the old configuration runs on
+    assert 'collectors.host.interval: expected a duration' in d.text()
+
+    d.path.write_text('[http]\nlisten = "127.0.0.1:0"\n[collectors.host]\ninterval = "1s"\n'
+                      '[collectors.example-files]\nenabled = false\n')
+    n = len(d.notify.messages)
+    d.proc.send_signal(signal.SIGHUP)
+    again = d.notify.wait_for("RELOADING=1", after=n)
+    assert again is not None and d.notify.wait_for("READY=1", after=again + 1) is not None
+    body = d.get("/metrics")
+    assert d.metric(body, "npuagent_config_last_reload_successful") == 1
+    assert d.metric(body, "npuagent_collector_up", collector="example-files") is None
+    assert d.metric(body, "example_file_exists", path="/etc/hostname") is None  # its series left with it
+    assert d.stop() == 0
+
+
+def test_an_invalid_configuration_stops_the_start_with_exit_2(daemon: Any) -> None:
+    d = daemon(text='[agent]\nlog_level = "loud"\n')
+    assert d.proc.wait(30) == 2
+    assert f'{d.path}:2: agent.log_level: expected one of' in d.text()
+    assert d.notify.wait_for("READY=1", timeout=0.5) is None
+    d.notify.close()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_live_metrics_pass_promtool_check_metrics(daemon: Any) -> None:
+    d = daemon(env={"NPUAGENT_PLUGINS": "faulty_collectors"})
+    d.wait_port()
+    assert d.notify.wait_for("READY=1") is not None
+    time.sleep(1.5)
+    body = d.get("/metrics")
+    assert "node_cpu_seconds_total" in body and "npuagent_build_info" in body
+    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    d.stop()
