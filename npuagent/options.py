@@ -183,8 +183,7 @@ class List(ValueType):
 
     def __init__(self, item: ValueType) -> None:
         self.item = item
-        self.description = f"an array of {item.description.replace('a ', '', 1)}s" if item.description.startswith(
-            "a ") else f"an array of ({item.description})"
+        self.description = f"an array, each item {item.description}"
 
     def convert(self, value: Any) -> tuple:
         if not isinstance(value, list):
