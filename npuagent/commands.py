@@ -22,6 +22,14 @@ class CommandNotFound(OSError):
     """The executable does not exist or is not executable."""
 
 
+class CommandTimeout(TimeoutError):
+    """The command ran past its deadline and was killed; ``result`` holds what it printed."""
+
+    def __init__(self, result: CommandResult) -> None:
+        super().__init__(result.describe())
+        self.result = result
+
+
 @dataclass(frozen=True)
 class CommandResult:
     argv: Sequence[str]

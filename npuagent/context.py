@@ -65,9 +65,16 @@ class PluginContext:
 
         The child is killed when its own ``timeout`` or the collection's deadline
         passes, whichever comes first; also when the agent abandons the collection.
+
+        :raises commands.CommandNotFound: the program is missing or not executable.
+        :raises commands.CommandTimeout: the command was killed at its deadline (a
+            collector that lets this propagate is recorded as failed, with the reason).
         """
         limit = self.remaining() if timeout is None else min(timeout, self.remaining())
-        return commands.run(argv, limit, env=env, input=input, running=self._running, lock=self._lock)
+        result = commands.run(argv, limit, env=env, input=input, running=self._running, lock=self._lock)
+        if result.timed_out:
+            raise commands.CommandTimeout(result)
+        return result
 
     def kill_commands(self) -> int:
         """Kill every command this context is running; returns how many."""

@@ -236,7 +236,8 @@ class Plugins:
     # -- calling -------------------------------------------------------------
 
     def _call(self, hook: str, **kwargs: Any) -> List[Tuple[str, Any]]:
-        """Call every implementation of ``hook`` on its own, in registration order."""
+        """Call every implementation of ``hook`` on its own, in pluggy's order (last registered first,
+        ``tryfirst``/``trylast`` honoured)."""
         results = []
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
             try:
@@ -255,7 +256,8 @@ class Plugins:
     def _registered(self, hook: str, kind: type) -> Dict[str, Tuple[str, Any]]:
         """Collect the named types a registration hook returns: name -> (plugin, type)."""
         found: Dict[str, Tuple[str, Any]] = {}
-        for plugin, result in self._call(hook):
+        # pluggy calls the last registered first; for a name claimed twice the first registered wins
+        for plugin, result in reversed(self._call(hook)):
             for item in result or ():
                 if not isinstance(item, kind):
                     self.record_error(plugin, hook)

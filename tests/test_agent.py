@@ -33,6 +33,14 @@ def wait_results(agent: Agent, n: int = 1, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def until(condition: Any, timeout: float = 10.0) -> None:
+    """Wait (really) for something a worker thread does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
 def live(agent: Agent, name: str) -> list:
     return [(labels, v) for n, labels, v in agent.store.live() if n == name]
 
@@ -78,6 +86,8 @@ def test_a_busy_collector_is_skipped_and_counted_never_piled_up(tmp_path) -> Non
         agent.step()
     runner = agent.runners["blocked"]
     assert runner.health.skipped == 3
+    until(lambda: plugin.instances["blocked"].calls == 1)
+    time.sleep(0.05)
     assert plugin.instances["blocked"].calls == 1  # one in flight, never more
     release.set()
     wait_results(agent)

@@ -52,7 +52,7 @@ def test_all_errors_are_reported_together(capsys: pytest.CaptureFixture) -> None
     assert "FAILED: 3 errors" in err
     # sorted by line, so the first screenful reads top to bottom
     lines = [int(m) for m in re.findall(r"\.toml:(\d+):", err)]
-    assert lines == sorted(lines) == [3, 6, 9]
+    assert lines == sorted(lines) == [5, 8, 11]
 
 
 def test_check_through_the_real_command_exits_2_and_0(tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ import pytest
 from .conftest import HERE, ROOT, NotifySocket
 
 pytestmark = pytest.mark.slow
+
+NODE_EXPORTER_CAMEL_CASE = ("MemTotal", "MemAvailable", "MemFree", "SwapTotal", "SwapFree")
 
 FAULTY = """
 [agent]
@@ -128,9 +131,12 @@ def test_misbehaving_collectors_do_not_stop_the_loop_or_its_watchdog(daemon: Any
         assert d.metric(body, "npuagent_plugin_errors_total", plugin="raising_plugin", hook=hook) >= 1
     # the example plugin, installed as a package, is loaded through its entry point
     assert d.metric(body, "example_file_exists", path="/etc/hostname") == 1
-    status = d.get("/status")
-    assert '"last_error": "timed out after 1s"' in status
-    assert "scripted failure" in status and "cannot run /nonexistent/npu-smi" in status
+    errors = {c["name"]: c["last_error"] for c in json.loads(d.get("/status"))["collectors"]}
+    # abandoned by the loop at the timeout (0.5s: capped by the interval), or its command killed at that same
+    # deadline: either says so
+    assert re.fullmatch(r"timed out after 0\.5s|CommandTimeout: sleep killed after 0\.\ds timeout", errors["hang"])
+    assert errors["raise"] == "RuntimeError: scripted failure"
+    assert errors["missing"] == "CommandNotFound: [Errno 2] cannot run /nonexistent/npu-smi: No such file or directory"
     assert d.get("/healthz") == "ok\n"
     # the hung collector's `sleep 30` children were killed, not left behind
     sleeps = [c for c in psutil.Process(d.proc.pid).children(recursive=True) if c.name() == "sleep"]
@@ -188,5 +194,10 @@ def test_live_metrics_pass_promtool_check_metrics(daemon: Any) -> None:
     body = d.get("/metrics")
     assert "node_cpu_seconds_total" in body and "npuagent_build_info" in body
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # node_exporter's own memory names fail promtool's camelCase lint; they are kept so that existing dashboards
+    # and PromQL run unchanged (DESIGN.md). Nothing else may be reported.
+    complaints = set((result.stdout + result.stderr).splitlines())
+    assert complaints == {f"node_memory_{n}_bytes metric names should be written in 'snake_case' not 'camelCase'"
+                          for n in NODE_EXPORTER_CAMEL_CASE}
+    assert result.returncode in (0, 3)  # 3: lint findings only, no parse error
     d.stop()

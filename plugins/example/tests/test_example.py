@@ -156,7 +156,7 @@ def test_instances_share_no_state(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     ("table", "path", "message"),
     [
-        ({"paths": "/etc/hostname"}, ("paths",), "expected an array of (an absolute path), got '/etc/hostname'"),
+        ({"paths": "/etc/hostname"}, ("paths",), "expected an array, each item an absolute path, got '/etc/hostname'"),
         ({"paths": ["/etc/hostname", "etc/os-release"]}, ("paths", 1),
          "expected an absolute path, got 'etc/os-release'"),
         ({"path": ["/etc/hostname"]}, ("path",), 'unknown key (did you mean "paths"?)'),
