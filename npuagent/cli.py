@@ -241,7 +241,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup_logging(args.verbose, "warning")
     else:
         setup_logging(args.verbose)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `npuagent once | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
