@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import permissions
 from .options import (
+    Array,
     Boolean,
     Duration,
     OneOf,
@@ -36,9 +37,6 @@ from .options import (
     String,
     close_matches,
     validate_table,
-)
-from .options import (
-    List as ListOf,
 )
 from .tomllines import Path, key_lines, line_of
 
@@ -64,7 +62,7 @@ HTTP_OPTIONS = (
 )
 
 PLUGINS_OPTIONS = (
-    Option("disabled", ListOf(String()), (), "Names of plugins not to load (see `npuagent plugins`)."),
+    Option("disabled", Array(String()), (), "Names of plugins not to load (see `npuagent plugins`)."),
 )
 
 COLLECTOR_COMMON = (
@@ -72,11 +70,6 @@ COLLECTOR_COMMON = (
     Option("enabled", Boolean(), None, "Run this collector (default: the type's own default)."),
     Option("interval", Duration(min=0.1), None, "Time between two collections."),
     Option("timeout", Duration(min=0.05), None, "A collection still running after this is abandoned."),
-)
-
-RULE_COMMON = (
-    Option("name", String(r"[A-Za-z0-9_.:-]+", "a name of letters, digits, _ . : -"), help="The rule's name."),
-    Option("type", String(), help="The rule type."),
 )
 
 ACTION_COMMON = (
@@ -121,6 +114,11 @@ class TableConfig:
     options: Mapping[str, Any]
     file: str
     line: int
+    #: the line of each key written in the table, for errors found after validation
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+    def where(self, key: str = "") -> Tuple[str, int]:
+        return self.file, self.lines.get(key, self.line)
 
 
 @dataclass(frozen=True)
@@ -321,6 +319,8 @@ def build(src: Sources, plugins: Any) -> Config:
             plugin_options[name] = validate_table({}, declared[name])[0]
 
     collectors = _collectors(src, doc.get("collectors", {}), plugins.collector_types(), plugin_options)
+    from .rules import RULE_COMMON
+
     rule_types = plugins.rule_types()
     rules = []
     seen_rules: Dict[str, Path] = {}
@@ -382,7 +382,8 @@ def _typed(src: Sources, table: Any, path: Path, registered: Mapping[str, Tuple[
     values = _validated(src, table, (*common, *kind.options), path)
     file, line = src.at(path)
     name = values.get("name") or str(path[-1])
-    return TableConfig(name, type_name, plugin, freeze(values), file, line)
+    lines = {k: src.at((*path, k))[1] for k in table}
+    return TableConfig(name, type_name, plugin, freeze(values), file, line, freeze(lines))
 
 
 def _collectors(src: Sources, raw: Any, types_: Mapping[str, Tuple[str, Any]],

@@ -22,6 +22,7 @@ class PluginContext:
     :ivar interval: for collectors, seconds between collections.
     :ivar timeout: seconds one collection (or action) may take before it is abandoned.
     :ivar state_dir: a directory the plugin may keep files in.
+    :ivar metrics: every declared metric, name -> :class:`npuagent.model.MetricSpec`.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class PluginContext:
         timeout: float = 10.0,
         state_dir: str = "",
         log: Optional[logging.Logger] = None,
+        metrics: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.name = name
         self.type = type
@@ -43,6 +45,8 @@ class PluginContext:
         self.timeout = timeout
         self.state_dir = state_dir
         self.log = log or logging.getLogger(f"npuagent.{type}.{name}")
+        #: every metric the loaded collector types declare, name -> MetricSpec (rules use it)
+        self.metrics = metrics or {}
         #: monotonic time by which the current collection must end (set by the agent).
         self.deadline: Optional[float] = None
         self._running: Set[subprocess.Popen] = set()

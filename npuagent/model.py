@@ -59,6 +59,9 @@ class MetricSpec:
     name: str
     type: str = "gauge"
     help: str = ""
+    #: the label names its series carry; ``None`` when they vary (a template naming
+    #: another label is then a configuration error)
+    labels: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
         if self.type not in METRIC_TYPES:

@@ -178,7 +178,7 @@ class OneOf(ValueType):
         return value
 
 
-class List(ValueType):
+class Array(ValueType):
     """An array whose items all have one type; converted to a tuple."""
 
     def __init__(self, item: ValueType) -> None:

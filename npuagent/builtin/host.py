@@ -54,8 +54,7 @@ from npuagent import hookimpl
 from npuagent.commands import CommandNotFound, CommandTimeout
 from npuagent.context import PluginContext
 from npuagent.model import CollectorType, MetricSpec, Sample
-from npuagent.options import Duration, Option, OptionError, String, Table, ValueType
-from npuagent.options import List as ArrayOf
+from npuagent.options import Array, Duration, Option, OptionError, String, Table, ValueType
 
 # node_exporter's defaults (collector/filesystem_linux.go, diskstats_linux.go, netdev_common.go).
 MOUNT_POINTS_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
@@ -137,7 +136,7 @@ OPTIONS = [
                 "(node_exporter's --collector.diskstats.device-exclude)"),
     Option("network_devices_exclude", Regex(), NETWORK_DEVICES_EXCLUDE,
            help="network devices not reported (node_exporter's --collector.netdev.device-exclude)"),
-    Option("services", ArrayOf(Table(SERVICE_OPTIONS)), (),
+    Option("services", Array(Table(SERVICE_OPTIONS)), (),
            help="services to watch: tables of name and exactly one of unit, process or pidfile"),
     Option("cgroup_root", String(r"/.*", hint="an absolute path"), "/sys/fs/cgroup",
            help="where the cgroup hierarchy is mounted (v2, or v1 with its name=systemd hierarchy)"),

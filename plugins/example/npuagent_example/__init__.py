@@ -88,7 +88,7 @@ Every key a type accepts is declared once, as
 default to make the key required. The value types are in
 :mod:`npuagent.options`: ``String(pattern, hint)``, ``Boolean``,
 ``Number(min, max)``, ``Integer``, ``Duration`` (``"30s"`` -> 30.0),
-``OneOf(...)``, ``List(item)`` (-> a tuple), ``Map(value)`` and ``Table(options)``.
+``OneOf(...)``, ``Array(item)`` (-> a tuple), ``Map(value)`` and ``Table(options)``.
 
 The agent validates each table against the declaration before your factory
 runs: ``npuagent check`` reports unknown keys (with "did you mean"), wrong types
@@ -190,8 +190,7 @@ from typing import Dict, List
 from npuagent import hookimpl
 from npuagent.context import PluginContext
 from npuagent.model import ActionRequest, ActionResult, ActionType, CollectorType, MetricSpec, Sample
-from npuagent.options import Boolean, Option, String
-from npuagent.options import List as ListOf
+from npuagent.options import Array, Boolean, Option, String
 
 __version__ = "0.1.0"
 
@@ -237,7 +236,7 @@ class FilesCollector:
 
 
 FILES_OPTIONS = (
-    Option("paths", ListOf(_ABSOLUTE_PATH), ("/etc/hostname", "/etc/os-release"), "The files to watch."),
+    Option("paths", Array(_ABSOLUTE_PATH), ("/etc/hostname", "/etc/os-release"), "The files to watch."),
 )
 
 FILES_METRICS = (
