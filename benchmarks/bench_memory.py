@@ -36,6 +36,9 @@ def main() -> None:
         text = f.read().replace('listen = "127.0.0.1:9740"', f'listen = "127.0.0.1:{free_port()}"')
     with open(cfg, "w") as f:
         f.write(text)
+    os.makedirs(os.path.join(d, "conf.d"))
+    with open(os.path.join(d, "conf.d", "state.toml"), "w") as f:
+        f.write(f'[agent]\nstate_dir = "{d}/state"\n')
     env = {**os.environ, "PYTHONPATH": _util.ROOT}
     ours = steady_pss([sys.executable, "-m", "npuagent", "run", "-c", cfg], env)
     bare = steady_pss([sys.executable, "-c", "import time; time.sleep(600)"])

@@ -23,14 +23,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import config as config_mod
 from .context import PluginContext
-from .model import CollectorType, Event, MetricSpec, Sample
+from .events import EventLog
+from .model import AlertTransition, CollectorType, Event, MetricSpec, Sample
 from .plugins import Plugins
+from .rules import Engine, compile_rules
 from .store import Store
 from .systemd import Notifier
 
 log = logging.getLogger("npuagent.agent")
-
-EVENTS_KEPT = 1000
 
 
 class SystemClock:
@@ -125,15 +125,18 @@ class Agent:
     """The running agent: configuration, plugins, store, collectors and the loop."""
 
     def __init__(self, cfg: config_mod.Config, plugins: Plugins, clock: Any = None,
-                 notifier: Optional[Notifier] = None, config_path: Optional[str] = None) -> None:
+                 notifier: Optional[Notifier] = None, config_path: Optional[str] = None, state: Any = None) -> None:
         self.clock = clock or SystemClock()
         self.plugins = plugins
         self.config_path = config_path
+        self.state = state
         self.notifier = notifier or Notifier(self.clock.monotonic)
         self.store = Store(retention=300.0)
-        self.events: List[Event] = []
+        self.events = EventLog()
         self.runners: Dict[str, CollectorRunner] = {}
         self.metric_specs: Dict[str, MetricSpec] = {}
+        self.engine: Optional[Engine] = None
+        self.next_evaluation = 0.0
         self.cycles = 0
         self.last_cycle = 0.0
         self.reload_ok = 1
@@ -168,10 +171,19 @@ class Agent:
                 problems.append(config_mod.Problem(c.file, c.line, f"collectors.{c.name}", str(e)))
                 continue
             built[c.name] = CollectorRunner(c, types_[c.type][1], ctx, collector, self._done, self._wake)
+        declared = {m.name: m for _p, kind in types_.values() for m in kind.metrics}
+        try:
+            compiled = compile_rules(cfg, self.plugins, declared)
+        except config_mod.ConfigError as e:
+            problems.extend(e.problems)
         if problems:
             for runner in built.values():
                 runner.stop()
             raise config_mod.ConfigError(problems)
+        engine = Engine(compiled, self.state, started=self.started, notify=self._transitions)
+        if self.engine is not None:
+            engine.adopt(self.engine)
+        self.engine = engine
         wanted = {c.name: c for c in cfg.collectors}
         for name in list(self.runners):
             if name not in wanted or name in built:
@@ -184,7 +196,9 @@ class Agent:
                 self.runners[name].cfg = c
         self.metric_specs = {m.name: m for r in self.runners.values() for m in r.kind.metrics}
         longest = max((r.cfg.interval for r in self.runners.values()), default=15.0)
-        self.store.retention = max(300.0, 3 * longest)
+        # the store keeps what the longest rule window needs (and a little for /status), no more
+        self.store.retention = max(300.0, 3 * longest, engine.window() + 2 * longest)
+        self.events.retention = max(3600.0, engine.window())
         self.cfg = cfg
         logging.getLogger("npuagent").setLevel(cfg.agent["log_level"].upper())
 
@@ -223,6 +237,10 @@ class Agent:
         """One pass of the loop; returns how many collections completed in it."""
         now = self.clock.monotonic()
         completed = self._take_results()
+        if self.engine is not None and self.engine.rules and (completed or now >= self.next_evaluation):
+            # after every collection round, and often enough for `for` timers to move without new data
+            self.next_evaluation = now + self.cfg.agent["evaluation_interval"]
+            self.engine.evaluate(self.clock.time(), self.store, self.events, self.runners)
         for runner in self.runners.values():
             if runner.busy and not runner.abandoned and now >= runner.deadline:
                 self._abandon(runner)
@@ -270,14 +288,9 @@ class Agent:
             log.error("collector %s failed: %s", runner.name, h.last_error)
             return
         now = self.clock.time()
-        samples = []
-        for item in items or ():
-            if isinstance(item, Sample):
-                samples.append(item)
-            elif isinstance(item, Event):
-                self.events.append(item if item.timestamp is not None else item._replace(timestamp=now))
-        if len(self.events) > EVENTS_KEPT:
-            del self.events[:-EVENTS_KEPT]
+        samples = [i for i in items or () if isinstance(i, Sample)]
+        if len(samples) != len(items or ()):
+            self.events.add((i for i in items or () if isinstance(i, Event)), now)
         h.samples = self.store.ingest(runner.name, samples, now, runner.cfg.interval)
         h.up, h.last_success, h.last_error = 1, now, ""
 
@@ -291,9 +304,18 @@ class Agent:
         log.error("collector %s timed out after %gs%s", runner.name, runner.cfg.timeout,
                   f"; killed {killed} command(s)" if killed else "")
 
+    def _transitions(self, transitions: List[AlertTransition]) -> None:
+        for t in transitions:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(t.labels.items()))
+            log.info("alert %s{%s} %s -> %s (value %s)%s", t.rule, labels, t.previous, t.state,
+                     "none" if t.value is None else f"{t.value:g}", " [silenced]" if t.silenced else "")
+            self.plugins.alert_transition(t)
+
     def next_wakeup(self) -> float:
         """Monotonic time of the next thing the loop must do."""
         times = [r.next_due for r in self.runners.values()]
+        if self.engine is not None and self.engine.rules:
+            times.append(self.next_evaluation)
         times += [r.deadline for r in self.runners.values() if r.busy and not r.abandoned]
         return min([*times, self.clock.monotonic() + self.notifier.max_sleep()])
 

@@ -62,9 +62,11 @@ def load(path: Optional[str], strict: Optional[bool] = None) -> Tuple[Plugins, c
     return plugins, config_mod.build(src, plugins)
 
 
-def _make_collectors(cfg: config_mod.Config, plugins: Plugins) -> List[config_mod.Problem]:
-    """Build (and close) every configured collector: factories reject what declared types cannot."""
+def build_check(cfg: config_mod.Config, plugins: Plugins) -> List[config_mod.Problem]:
+    """What only building can tell: every collector made (and closed) through its factory, every rule
+    compiled. Factories do no I/O, so this is safe on a live host."""
     from .agent import Agent
+    from .rules import compile_rules
 
     types_ = plugins.collector_types()
     problems = []
@@ -77,13 +79,17 @@ def _make_collectors(cfg: config_mod.Config, plugins: Plugins) -> List[config_mo
         close = getattr(made, "close", None)
         if close:
             close()
+    try:
+        compile_rules(cfg, plugins, {m.name: m for _p, kind in types_.values() for m in kind.metrics})
+    except config_mod.ConfigError as e:
+        problems.extend(e.problems)
     return problems
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         plugins, cfg = load(args.config)
-        problems = _make_collectors(cfg, plugins)
+        problems = build_check(cfg, plugins)
         if problems:
             raise config_mod.ConfigError(problems)
     except (config_mod.ConfigError, StartupError) as e:
@@ -175,15 +181,29 @@ def cmd_once(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def state_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "state.db")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .http import serve
+    from .state import State
 
     try:
         plugins, cfg = load(args.config)
         setup_logging(args.verbose, cfg.agent["log_level"])
-        agent = Agent(cfg, plugins, config_path=args.config)
     except (config_mod.ConfigError, StartupError) as e:
+        log.error("cannot start, the configuration is invalid:\n%s", e)
+        return 2
+    try:
+        state = State(state_path(cfg.agent["state_dir"]))
+    except (OSError, Exception) as e:
+        log.error("cannot open the state database in %s: %s", cfg.agent["state_dir"], e)
+        return 1
+    try:
+        agent = Agent(cfg, plugins, config_path=args.config, state=state)
+    except config_mod.ConfigError as e:
         log.error("cannot start, the configuration is invalid:\n%s", e)
         return 2
     if cfg.http["enabled"]:
@@ -198,6 +218,128 @@ def cmd_run(args: argparse.Namespace) -> int:
              ", ".join(cfg.files) or "built-in defaults")
     agent.run()
     log.info("stopped")
+    return 0
+
+
+def _raw_settings(path: Optional[str]) -> Tuple[str, str]:
+    """(state_dir, listen) read without validating the rest: silencing must work while a broken
+    configuration is being fixed, in the middle of an incident."""
+    doc = config_mod.read_sources(path, strict=False).doc
+    agent = doc.get("agent", {}) if isinstance(doc.get("agent"), dict) else {}
+    http = doc.get("http", {}) if isinstance(doc.get("http"), dict) else {}
+    state_dir = agent.get("state_dir", "/var/lib/npuagent")
+    listen = http.get("listen", "127.0.0.1:9740")
+    return (state_dir if isinstance(state_dir, str) else "/var/lib/npuagent",
+            listen if isinstance(listen, str) else "127.0.0.1:9740")
+
+
+def _when(t: Optional[float], now: float) -> str:
+    if not t:
+        return "-"
+    d = t - now
+    from .options import format_duration
+
+    return ("in " if d >= 0 else "") + format_duration(round(abs(d))) + ("" if d >= 0 else " ago")
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+
+    from .options import OptionError, parse_duration
+    from .state import State
+
+    state_dir, _listen = _raw_settings(args.config)
+    state = State(state_path(state_dir))
+    now = time.time()
+    if args.list:
+        rows = [("ID", "RULE", "MATCHERS", "ENDS", "REASON")]
+        for x in state.silences(now):
+            rows.append((str(x.id), x.rule or "*", ",".join(f"{k}={v}" for k, v in x.matchers.items()) or "*",
+                         _when(x.ends, now), x.reason))
+        _print_table(rows)
+        return 0
+    matchers = {}
+    for m in args.match or ():
+        key, sep, value = m.partition("=")
+        if not sep or not key:
+            print(f"--match {m!r}: expected label=value", file=sys.stderr)
+            return 2
+        matchers[key] = value
+    if not args.rule and not matchers:
+        print("say what to silence: --rule NAME and/or --match label=value", file=sys.stderr)
+        return 2
+    if not args.reason:
+        print("say why: --reason TEXT (it is kept with the silence, for whoever looks next)", file=sys.stderr)
+        return 2
+    try:
+        seconds = parse_duration(args.duration)
+    except OptionError as e:
+        print(f"--for: {e}", file=sys.stderr)
+        return 2
+    sid = state.add_silence(args.rule, matchers, now, now + seconds, args.reason, args.author or getpass.getuser())
+    what = " ".join(filter(None, [f"rule {args.rule}" if args.rule else "",
+                                  ",".join(f"{k}={v}" for k, v in matchers.items())]))
+    print(f"silence {sid}: {what} for {args.duration}: {args.reason}")
+    return 0
+
+
+def cmd_unsilence(args: argparse.Namespace) -> int:
+    from .state import State
+
+    state_dir, _listen = _raw_settings(args.config)
+    state = State(state_path(state_dir))
+    missing = [i for i in args.ids if not state.remove_silence(i)]
+    for i in missing:
+        print(f"no running silence {i}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    url = args.url
+    if not url:
+        _state_dir, listen = _raw_settings(args.config)
+        host, _sep, port = listen.rpartition(":")
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+        url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            status = json.loads(r.read())
+    except (OSError, ValueError) as e:
+        print(f"cannot reach the agent at {url}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(status, sys.stdout, indent=1)
+        print()
+        return 0
+    now = status["now"]
+    print(f"ALERTS ({len(status['alerts'])})")
+    rows = [("RULE", "LABELS", "STATE", "SEVERITY", "VALUE", "SINCE", "NEXT STEP", "SUMMARY")]
+    for a in status["alerts"]:
+        rows.append((a["rule"] + (" [silenced]" if a["silenced"] else ""),
+                     ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items())), a["state"], a["severity"],
+                     "-" if a["value"] is None else f"{a['value']:g}", _when(a["active_at"], now),
+                     "-" if a["next_step_in"] is None else _when(now + a["next_step_in"], now), a["summary"]))
+    _print_table(rows)
+    print(f"\nSILENCES ({len(status['silences'])})")
+    rows = [("ID", "RULE", "MATCHERS", "ENDS", "REASON")]
+    for x in status["silences"]:
+        rows.append((str(x["id"]), x["rule"] or "*", ",".join(f"{k}={v}" for k, v in x["matchers"].items()) or "*",
+                     _when(x["ends"], now), x["reason"]))
+    _print_table(rows)
+    print(f"\nCOLLECTORS ({len(status['collectors'])})")
+    rows = [("NAME", "UP", "LAST SUCCESS", "DURATION", "ERRORS", "SKIPPED", "LAST ERROR")]
+    for c in status["collectors"]:
+        rows.append((c["name"], "yes" if c["up"] else "NO", _when(c["last_success"], now), f"{c['duration']:.3f}s",
+                     str(c["errors"]), str(c["skipped"]), c["last_error"] or "-"))
+    _print_table(rows)
+    failing = status["rules"]["failing"]
+    if failing:
+        print("\nFAILING RULES")
+        for name, error in failing.items():
+            print(f"  {name}: {error}")
     return 0
 
 
@@ -232,6 +374,29 @@ def parser() -> argparse.ArgumentParser:
                           description="List every plugin with its distribution, version, status, hooks, and "
                                       "the collector, rule and action types it provides.")
     plug.set_defaults(func=cmd_plugins)
+    st = sub.add_parser("status", parents=[common], help="alerts, silences and collector health of the running agent",
+                        description="Ask the running agent (its /status) for its alerts with values and timers, "
+                                    "its silences and the health of its collectors.")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.add_argument("--url", help="the agent's /status URL (default: from the configuration's [http] listen)")
+    st.set_defaults(func=cmd_status)
+    si = sub.add_parser("silence", parents=[common], help="silence alerts of a rule or matching labels for a while",
+                        description="Silence alerts: they still change state and show everywhere, but trigger no "
+                                    "action and no message. Written to the state database, so it works whether "
+                                    "the agent runs or not.")
+    si.add_argument("--rule", help="the rule to silence")
+    si.add_argument("--match", action="append", metavar="LABEL=VALUE",
+                    help="silence only alerts with this label value (repeatable): silencing one device leaves "
+                         "the others watched")
+    si.add_argument("--for", dest="duration", default="1h", metavar="DURATION", help='how long (default "1h")')
+    si.add_argument("--reason", help="why (kept with the silence)")
+    si.add_argument("--author", help="who (default: the login name)")
+    si.add_argument("--list", action="store_true", help="list the silences in force or to come")
+    si.set_defaults(func=cmd_silence)
+    un = sub.add_parser("unsilence", parents=[common], help="end silences now",
+                        description="End the silences with these ids (see `npuagent silence --list`).")
+    un.add_argument("ids", nargs="+", type=int, metavar="ID")
+    un.set_defaults(func=cmd_unsilence)
     return p
 
 

@@ -52,6 +52,8 @@ DEFAULT_PATH = "/etc/npuagent/npuagent.toml"
 AGENT_OPTIONS = (
     Option("log_level", OneOf("debug", "info", "warning", "error"), "info", "Logging level of the daemon."),
     Option("state_dir", String(), "/var/lib/npuagent", "Where state (alerts, audit log, offsets) is kept."),
+    Option("evaluation_interval", Duration(min=0.1), 1.0,
+           "Rules are evaluated after every collection round, and at least this often."),
 )
 
 _LISTEN_RE = r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})"

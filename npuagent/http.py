@@ -21,6 +21,7 @@ from prometheus_client.core import CollectorRegistry, Metric
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .rules import render
 
 log = logging.getLogger("npuagent.http")
 
@@ -112,6 +113,20 @@ def self_metrics(agent: Any) -> Iterator[Metric]:
     yield _metric("npuagent_loop_cycles_total", "Passes of the agent's main loop.", "counter",
                   [({}, float(agent.cycles))])
     yield _metric("npuagent_start_time_seconds", "Start time of the agent.", "gauge", [({}, agent.started)])
+    engine = agent.engine
+    if engine is None:
+        return
+    yield _metric("npuagent_alerts", "Alerts that are pending, firing or resolving, as Prometheus's ALERTS.",
+                  "gauge", [({**i.labels_dict(), "rule": r.name, "severity": r.severity, "state": i.state}, 1.0)
+                            for r, i in engine.alerts()])
+    yield _metric("npuagent_rule_evaluation_duration_seconds", "Duration of the latest evaluation of all rules.",
+                  "gauge", [({}, engine.last_duration)])
+    yield _metric("npuagent_rule_evaluations_total", "Evaluations of all rules.", "counter",
+                  [({}, float(engine.evaluations))])
+    yield _metric("npuagent_rule_evaluation_failures_total", "Evaluations of a rule that raised.", "counter",
+                  [({"rule": r.name}, float(r.failures)) for r in engine.rules.values()])
+    yield _metric("npuagent_silences", "Silences in force.", "gauge",
+                  [({}, float(sum(1 for x in engine.silences if x.starts <= agent.clock.time() < x.ends)))])
 
 
 def registry_for(agent: Any) -> CollectorRegistry:
@@ -120,9 +135,37 @@ def registry_for(agent: Any) -> CollectorRegistry:
     return registry
 
 
+def _alerts(agent: Any) -> List[Dict[str, Any]]:
+    """Alerts with their values and timers: when the next step is due if nothing changes."""
+    engine, now = agent.engine, agent.clock.time()
+    out = []
+    for r, i in (engine.alerts() if engine else []):
+        due = None
+        if i.state == "pending":
+            due = i.active_at + r.options["for"]
+        elif i.state == "resolving":
+            due = i.resolving_at + r.options["clear_for"]
+        out.append({"rule": r.name, "labels": i.labels_dict(), "state": i.state, "severity": r.severity,
+                    "value": None if i.value is None or i.value != i.value else i.value,
+                    "active_at": i.active_at, "fired_at": i.fired_at or None, "next_step_in": None if due is None
+                    else max(due - now, 0.0), "silenced": i.silenced,
+                    "summary": render(r.options["summary"], r, i) if r.options["summary"] else ""})
+    return out
+
+
 def status(agent: Any) -> Dict[str, Any]:
     """The JSON of ``/status``."""
+    engine = agent.engine
     return {
+        "now": agent.clock.time(),
+        "alerts": _alerts(agent),
+        "silences": [{"id": x.id, "rule": x.rule, "matchers": dict(x.matchers), "starts": x.starts, "ends": x.ends,
+                      "reason": x.reason} for x in (engine.silences if engine else [])],
+        "rules": {"count": len(engine.rules) if engine else 0,
+                  "evaluation_seconds": engine.last_duration if engine else 0.0,
+                  "failing": {r.name: r.last_error for r in engine.rules.values() if r.last_error} if engine else {}},
+        "events": [{"kind": e.kind, "labels": dict(e.labels), "message": e.message, "at": e.timestamp}
+                   for e in agent.events.recent(20)],
         "version": __version__,
         "started": agent.started,
         "cycles": agent.cycles,

@@ -384,3 +384,81 @@ def order(rules: Sequence[CompiledRule]) -> List[CompiledRule]:
     for r in rules:
         visit(r, ())
     return out
+
+
+def _declared(metrics: Mapping[str, Any]) -> Set[str]:
+    names = set(metrics)
+    for name, spec in metrics.items():
+        if getattr(spec, "type", "") in ("histogram", "summary"):
+            names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def compile_rules(cfg: Any, plugins: Any, metrics: Mapping[str, Any]) -> List[CompiledRule]:
+    """Build every configured rule through its type's factory and check what only a built rule can tell:
+    its templates, the actions and rules it names, the metrics it reads, and dependency cycles.
+
+    A metric name is unknown when no collector declares it but some collector declares metrics of the
+    same family (the name up to its first ``_``): ``npu_temprature_celsius`` is caught, a scraped
+    ``vllm:num_requests_running`` is not.
+
+    :raises npuagent.config.ConfigError: with every problem found, as ``file:line: rules[i].key: message``.
+    """
+    from . import config as config_mod
+    from .context import PluginContext
+    from .options import close_matches
+
+    types_ = plugins.rule_types()
+    declared = _declared(metrics)
+    families = {n.split("_", 1)[0] for n in declared}
+    problems: List[Any] = []
+    compiled: List[CompiledRule] = []
+    names = {r.name for r in cfg.rules}
+
+    def problem(table: Any, index: int, key: str, message: str) -> None:
+        file, line = table.where(key)
+        problems.append(config_mod.Problem(file, line, f"rules[{index}]" + (f".{key}" if key else ""), message))
+
+    for index, table in enumerate(cfg.rules):
+        o = table.options
+        ctx = PluginContext(name=table.name, type=table.type, options=o,
+                            plugin_options=cfg.plugin_options.get(table.plugin, {}), metrics=metrics)
+        try:
+            impl = types_[table.type][1].factory(ctx)
+        except Exception as e:
+            problem(table, index, "", str(e))
+            continue
+        fields = getattr(impl, "template_fields", lambda: None)()
+        allowed = None if fields is None else set(fields) | COMMON_FIELDS | set(o["labels"])
+        for key in ("summary", "description"):
+            try:
+                used = template_fields(o[key])
+            except ValueError as e:
+                problem(table, index, key, f"not a valid template: {e}")
+                continue
+            if allowed is None:
+                continue  # the metric does not declare its labels: any label name may be meant
+            for f in sorted(used - allowed):
+                problem(table, index, key, f"unknown field {{{f}}}{close_matches(f, sorted(allowed))} "
+                                           f"(known: {', '.join(sorted(allowed))})")
+        for action in o["actions"]:
+            if action not in cfg.actions:
+                problem(table, index, "actions", f"unknown action {action!r}{close_matches(action, list(cfg.actions))}"
+                                                 f" (define it as [actions.{action}])")
+        for dep in getattr(impl, "depends_on", lambda: ())():
+            if dep not in names:
+                problem(table, index, "rules", f"unknown rule {dep!r}{close_matches(dep, sorted(names))}")
+        for metric in getattr(impl, "metrics", lambda: ())():
+            if metric not in declared and metric.split("_", 1)[0] in families:
+                problem(table, index, "metric", f"unknown metric {metric!r}{close_matches(metric, sorted(declared))}"
+                                                f" (no collector declares it)")
+        compiled.append(CompiledRule(table.name, table.type, o, impl, digest(table.type, o)))
+    if not problems:
+        try:
+            order(compiled)
+        except ValueError as e:
+            first = cfg.rules[0]
+            problems.append(config_mod.Problem(first.file, first.line, "rules", str(e)))
+    if problems:
+        raise config_mod.ConfigError(problems)
+    return compiled

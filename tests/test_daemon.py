@@ -40,6 +40,8 @@ class Daemon:
     def __init__(self, tmp_path: Any, text: str, env: Optional[Dict[str, str]] = None) -> None:
         self.path = tmp_path / "npuagent.toml"
         self.path.write_text(text)
+        (tmp_path / "conf.d").mkdir(exist_ok=True)
+        (tmp_path / "conf.d" / "00-state.toml").write_text(f'[agent]\nstate_dir = "{tmp_path}/state"\n')
         self.notify = NotifySocket(str(tmp_path / "notify.sock"))
         self.log = open(tmp_path / "agent.log", "w+")  # noqa: SIM115 - lives as long as the process
         full_env = {**os.environ, "NOTIFY_SOCKET": self.notify.path,
