@@ -209,7 +209,7 @@ class Engine:
         self.evaluations = 0
         if state is not None:
             self._restore(state.load_alerts())
-            self.silences = state.silences()
+            self.silences = state.silences(self.started)
 
     # -- persistence -----------------------------------------------------------
 
@@ -253,7 +253,7 @@ class Engine:
         """Evaluate every rule once at ``now``; returns the transitions (already persisted)."""
         t0 = time.perf_counter()
         if self.state is not None and self.state.changed():
-            self.silences = self.state.silences()
+            self.silences = self.state.silences(now)
         ctx = EvalContext(now, store, events, self.instances_of, collectors or {}, self.started)
         transitions: List[AlertTransition] = []
         for rule in self.rules.values():

@@ -146,9 +146,9 @@ class State:
                 (rule, json.dumps(dict(matchers), sort_keys=True), starts, ends, reason, author, time.time()))
             return int(cur.lastrowid)
 
-    def remove_silence(self, silence_id: int) -> bool:
+    def remove_silence(self, silence_id: int, now: Optional[float] = None) -> bool:
         """End a silence now; False when there is no such silence still running."""
-        now = time.time()
+        now = time.time() if now is None else now
         with self._lock:
             cur = self.db.execute("UPDATE silences SET ends = ? WHERE id = ? AND ends > ?", (now, silence_id, now))
             return cur.rowcount > 0
