@@ -67,10 +67,11 @@ class Verdict(NamedTuple):
     """What a rule says of one label set at one evaluation.
 
     ``fire``: the fire condition holds; ``clear``: the clear condition holds;
-    neither: the value is in the hysteresis band and nothing moves.
+    neither: the value is in the hysteresis band and nothing moves. ``labels`` may
+    be a mapping, or (faster) the store's sorted tuple of pairs (``Series.labels``).
     """
 
-    labels: Mapping[str, str]
+    labels: Any
     value: Optional[float]
     fire: bool
     clear: bool
@@ -291,7 +292,9 @@ class Engine:
         extra = o["labels"]
         seen = set()
         for v in verdicts:
-            labels = tuple(sorted({**v.labels, **extra}.items())) if extra else tuple(sorted(v.labels.items()))
+            labels = v.labels if type(v.labels) is tuple else tuple(sorted(v.labels.items()))
+            if extra:
+                labels = tuple(sorted({**dict(labels), **extra}.items()))
             seen.add(labels)
             inst = rule.instances.get(labels)
             if inst is None:
