@@ -37,6 +37,12 @@ ENTRY_POINT_GROUP = "npuagent"
 #: The built-in plugins, by the name they are registered (and disabled) under.
 BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("host", "npuagent.builtin.host"),
+    ("threshold", "npuagent.builtin.threshold"),
+    ("predict", "npuagent.builtin.predict"),
+    ("absent", "npuagent.builtin.absent"),
+    ("event", "npuagent.builtin.event"),
+    ("combine", "npuagent.builtin.combine"),
+    ("change", "npuagent.builtin.change"),
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
