@@ -36,7 +36,7 @@ above = 80
 clear_below = 75
 for = "3s"
 clear_for = "3s"
-summary = "value {value}"
+summary = "value {{value}}"
 """
 
 
@@ -96,6 +96,7 @@ def test_killed_while_pending_resumes_its_timer(agent: Agent) -> None:
     agent.set(90)
     agent.start()
     pending = agent.wait_for("pending")
+    time.sleep(1.0)  # so that a timer resumed and a timer started afresh at the restart differ by a second
     agent.kill9()
     agent.start()
     firing = agent.wait_for("firing")
@@ -127,6 +128,7 @@ def test_killed_while_resolving_resolves_once_on_its_timer(agent: Agent) -> None
     agent.wait_for("firing")
     agent.set(70)
     resolving = agent.wait_for("resolving")
+    time.sleep(1.0)
     agent.kill9()
     agent.start()
     inactive = agent.wait_for("inactive")
