@@ -453,7 +453,8 @@ def compile_rules(cfg: Any, plugins: Any, metrics: Mapping[str, Any]) -> List[Co
                 problem(table, index, "rules", f"unknown rule {dep!r}{close_matches(dep, sorted(names))}")
         for metric in getattr(impl, "metrics", lambda: ())():
             if metric not in declared and metric.split("_", 1)[0] in families:
-                problem(table, index, "metric", f"unknown metric {metric!r}{close_matches(metric, sorted(declared))}"
+                key = next((k for k, v in o.items() if v == metric), "metric")
+                problem(table, index, key, f"unknown metric {metric!r}{close_matches(metric, sorted(declared))}"
                                                 f" (no collector declares it)")
         compiled.append(CompiledRule(table.name, table.type, o, impl, digest(table.type, o)))
     if not problems:
