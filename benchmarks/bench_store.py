@@ -5,10 +5,13 @@ Every figure is a ratio against a baseline measured in the same run, so the
 numbers mean the same on a laptop and on a loaded CI runner:
 
 * memory: bytes per stored sample (``tracemalloc``) with full windows, against
-  the same samples kept as a list of ``(t, v)`` tuples per series;
+  the same samples kept as a list of ``(t, v)`` tuples per series; the
+  target is at most 16 bytes a sample, everything included;
 * time: the median cost of each function over a one-hour window at 1 s
   (3600 samples), against ``sum(list_of_3600_floats) / 3600`` -- the cheapest
-  mean Python can compute, i.e. "one C-level pass over the data".
+  mean Python can compute, i.e. "one C-level pass over the data". Functions
+  get the ``array('d')`` windows of ``Series.window``; the "lazy times" rows
+  get the timestamps of ``Series.lazy_window`` instead.
 
 Run ``python benchmarks/bench_store.py`` for a table, ``--json`` for JSON.
 """
@@ -78,6 +81,8 @@ def bench_memory(n_series: int, n_samples: int) -> Dict[str, Any]:
         ours = tracemalloc.get_traced_memory()[0] - before
         stored = store.samples_stored()
         array_bytes = sum(sys.getsizeof(s._ts) + sys.getsizeof(s._vs) for s in store._series.values())
+        some = next(iter(store._series.values()))
+        data_bytes = some._ts.itemsize + some._vs.itemsize  # timestamp offset + value
         del store
         gc.collect()
 
@@ -99,6 +104,7 @@ def bench_memory(n_series: int, n_samples: int) -> Dict[str, Any]:
         "samples_stored": stored,
         "bytes_per_sample": ours_per,
         "array_bytes_per_sample": array_bytes / stored,
+        "data_bytes_per_sample": data_bytes,
         "baseline_bytes_per_sample": base_per,
         "ratio": ours_per / base_per,
         "target_bytes_per_sample": TARGET_BYTES,
@@ -150,6 +156,9 @@ def bench_functions(runs: int) -> Dict[str, Any]:
     gts, gvs = g.window(start, end)
     cts, cvs = c.window(start, end)
     assert len(gvs) == HOUR and len(cvs) == HOUR, (len(gvs), len(cvs))
+    # The same windows with lazy timestamps (Times), as the rule engine should read them.
+    glts, _ = g.window(start, end)
+    clts, _ = c.window(start, end)
     (buckets,) = bucket_series(store, "latency_seconds").values()
     incs = bucket_increases(buckets, start, end)
     assert len(incs) == 12
@@ -158,6 +167,7 @@ def bench_functions(runs: int) -> Dict[str, Any]:
     baseline_ns = _median_ns(lambda: sum(plain) / HOUR, runs)
 
     cases: List[Tuple[str, Callable[[], Any]]] = [
+        ("Series.window (1 h slice)", lambda: g.window(start, end)),
         ("Series.window (1 h slice)", lambda: g.window(start, end)),
         ("last_value", lambda: last_value(gts, gvs)),
         ("avg_over", lambda: avg_over(gvs)),
@@ -172,6 +182,10 @@ def bench_functions(runs: int) -> Dict[str, Any]:
         ("delta", lambda: delta(gts, gvs, start, end)),
         ("deriv", lambda: deriv(gts, gvs)),
         ("predict_linear", lambda: predict_linear(gts, gvs, end, 3600.0)),
+        ("rate, lazy times", lambda: rate(clts, cvs, start, end)),
+        ("delta, lazy times", lambda: delta(glts, gvs, start, end)),
+        ("deriv, lazy times", lambda: deriv(glts, gvs)),
+        ("predict_linear, lazy times", lambda: predict_linear(glts, gvs, end, 3600.0)),
         ("histogram_quantile (12 buckets)", lambda: histogram_quantile(0.99, incs)),
         (
             "histogram pipeline (12 x window+increase, quantile)",
@@ -233,9 +247,11 @@ def print_table(result: Dict[str, Any]) -> None:
     print(f"  {'store (everything, tracemalloc)':34} {mem['bytes_per_sample']:12.2f} {mem['ratio']:7.3f}")
     print(f"  {'  of which array buffers':34} {mem['array_bytes_per_sample']:12.2f}")
     print(f"  {'baseline: list of (t, v) tuples':34} {mem['baseline_bytes_per_sample']:12.2f} {1.0:7.3f}")
+    verdict = "met" if mem["bytes_per_sample"] <= mem["target_bytes_per_sample"] else "NOT met"
     print(
-        f"  target: <= {mem['target_bytes_per_sample']:.0f} bytes/sample: data 16.00"
-        f" + array headers {mem['array_bytes_per_sample'] - 16:.2f}"
+        f"  target: <= {mem['target_bytes_per_sample']:.0f} bytes/sample, all-in ({verdict}):"
+        f" data {mem['data_bytes_per_sample']:.2f} (8 value + 4 timestamp offset)"
+        f" + array headers {mem['array_bytes_per_sample'] - mem['data_bytes_per_sample']:.2f}"
         f" + per-series bookkeeping {mem['bytes_per_sample'] - mem['array_bytes_per_sample']:.2f} (amortised)"
     )
     print()

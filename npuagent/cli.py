@@ -343,6 +343,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from . import rulestest
+
+    return rulestest.run(args.files, sys.stdout)
+
+
+def cmd_rules_export(args: argparse.Namespace) -> int:
+    from .export import prometheus_rules
+    from .rules import compile_rules
+
+    try:
+        plugins, cfg = load(args.config)
+        types_ = plugins.collector_types()
+        compiled = compile_rules(cfg, plugins, {m.name: m for _p, kind in types_.values() for m in kind.metrics})
+    except (config_mod.ConfigError, StartupError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    sys.stdout.write(prometheus_rules(cfg, compiled))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE",
@@ -397,6 +418,21 @@ def parser() -> argparse.ArgumentParser:
                         description="End the silences with these ids (see `npuagent silence --list`).")
     un.add_argument("ids", nargs="+", type=int, metavar="ID")
     un.set_defaults(func=cmd_unsilence)
+    rules = sub.add_parser("rules", help="unit-test rules, or export them as Prometheus rules",
+                           description="Work with the configured rules.")
+    rsub = rules.add_subparsers(dest="rules_command", metavar="COMMAND")
+    rsub.required = True
+    rt = rsub.add_parser("test", parents=[common], help="run rule unit tests (as promtool test rules)",
+                         description="Run rule unit tests: input series in promtool's notation (50+5x10 90x20), "
+                                     "evaluation times and expected alerts, on a simulated clock. Exit 0 when all "
+                                     "pass, 1 when an expectation fails (with a diff), 2 for an invalid file.")
+    rt.add_argument("files", nargs="+", metavar="FILE", help="test files (TOML)")
+    rt.set_defaults(func=cmd_rules_test)
+    rx = rsub.add_parser("export", parents=[common], help="print the rules as Prometheus alerting rules (YAML)",
+                         description="Print the configured rules as a Prometheus alerting-rules file; rules PromQL "
+                                     "cannot express are listed in a comment at its top.")
+    rx.add_argument("--format", choices=("prometheus",), default="prometheus", help="the output format")
+    rx.set_defaults(func=cmd_rules_export)
     return p
 
 

@@ -199,7 +199,7 @@ def config_files(path: Optional[str]) -> Tuple[str, List[str], bool]:
     return main, sorted(glob.glob(os.path.join(confdir, "conf.d", "*.toml"))), explicit
 
 
-def _merge(into: Dict[str, Any], new: Mapping[str, Any], lines: Mapping[Path, int], file: str,
+def merge(into: Dict[str, Any], new: Mapping[str, Any], lines: Mapping[Path, int], file: str,
            src: Sources, prefix: Path = ()) -> None:
     for key, value in new.items():
         path = prefix + (key,)
@@ -212,7 +212,7 @@ def _merge(into: Dict[str, Any], new: Mapping[str, Any], lines: Mapping[Path, in
             continue
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             src.where.setdefault(path, (file, line_of(lines, path)))
-            _merge(into[key], value, lines, file, src, path)
+            merge(into[key], value, lines, file, src, path)
             continue
         into[key] = value
         for p, line in lines.items():
@@ -238,7 +238,17 @@ def read_sources(path: Optional[str] = None, strict: Optional[bool] = None) -> S
         checked = candidates + ([confd] if os.path.isdir(confd) else [])
         for message in permissions.check_files([c for c in checked if os.path.exists(c)], "configuration"):
             src.problems.append(Problem(message.split(": ", 1)[0], 1, "", message.split(": ", 1)[1]))
-    for file in candidates:
+    return read_files(candidates, src)
+
+
+def read_files(files: Sequence[str], src: Optional[Sources] = None,
+               tables: Optional[Sequence[str]] = None) -> Sources:
+    """Parse and merge exactly these files, in order; unreadable files and syntax errors go to ``problems``.
+
+    :param tables: keep only these top-level tables (``rules test`` reads rule files this way).
+    """
+    src = src if src is not None else Sources()
+    for file in files:
         try:
             with open(file, encoding="utf-8") as f:
                 text = f.read()
@@ -258,7 +268,9 @@ def read_sources(path: Optional[str] = None, strict: Optional[bool] = None) -> S
             message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)) if m else str(e)
             src.problems.append(Problem(file, line, "", f"TOML syntax error: {message}"))
             continue
-        _merge(src.doc, doc, key_lines(text), file, src)
+        if tables is not None:
+            doc = {k: v for k, v in doc.items() if k in tables}
+        merge(src.doc, doc, key_lines(text), file, src)
     return src
 
 
@@ -272,7 +284,8 @@ def disabled_plugins(src: Sources) -> Tuple[str, ...]:
 # -- validation ----------------------------------------------------------------
 
 
-def _validated(src: Sources, table: Any, options: Sequence[Option], path: Path) -> Dict[str, Any]:
+def validated(src: Sources, table: Any, options: Sequence[Option], path: Path) -> Dict[str, Any]:
+    """``table`` checked against ``options``: the values, defaults filled in; problems go to ``src``."""
     if not isinstance(table, dict):
         src.problem(path, "expected a table")
         return {}
@@ -293,8 +306,8 @@ def build(src: Sources, plugins: Any) -> Config:
     for key in doc:
         if key not in TOP_LEVEL:
             src.problem((key,), f"unknown table{close_matches(key, TOP_LEVEL)}")
-    agent = _validated(src, doc.get("agent", {}), AGENT_OPTIONS, ("agent",))
-    http = _validated(src, doc.get("http", {}), HTTP_OPTIONS, ("http",))
+    agent = validated(src, doc.get("agent", {}), AGENT_OPTIONS, ("agent",))
+    http = validated(src, doc.get("http", {}), HTTP_OPTIONS, ("http",))
 
     plugins_doc = doc.get("plugins", {})
     plugin_options: Dict[str, Any] = {}
@@ -302,7 +315,7 @@ def build(src: Sources, plugins: Any) -> Config:
     known_plugins = [i.name for i in plugins.infos.values()]
     if isinstance(plugins_doc, dict):
         core_part = {k: v for k, v in plugins_doc.items() if not isinstance(v, dict)}
-        disabled = _validated(src, core_part, PLUGINS_OPTIONS, ("plugins",)).get("disabled", ())
+        disabled = validated(src, core_part, PLUGINS_OPTIONS, ("plugins",)).get("disabled", ())
         for name in disabled:
             if name not in known_plugins:
                 src.problem(("plugins", "disabled"), f"unknown plugin {name!r}{close_matches(name, known_plugins)}")
@@ -312,7 +325,7 @@ def build(src: Sources, plugins: Any) -> Config:
             if name not in known_plugins:
                 src.problem(("plugins", name), f"unknown plugin {name!r}{close_matches(name, known_plugins)}")
             elif plugins.infos[name].status == "loaded":
-                plugin_options[name] = _validated(src, table, declared.get(name, ()), ("plugins", name))
+                plugin_options[name] = validated(src, table, declared.get(name, ()), ("plugins", name))
     else:
         src.problem(("plugins",), "expected a table")
         disabled = ()
@@ -381,7 +394,7 @@ def _typed(src: Sources, table: Any, path: Path, registered: Mapping[str, Tuple[
                     f" (known: {', '.join(sorted(registered)) or 'none'})")
         return None
     plugin, kind = registered[type_name]
-    values = _validated(src, table, (*common, *kind.options), path)
+    values = validated(src, table, (*common, *kind.options), path)
     file, line = src.at(path)
     name = values.get("name") or str(path[-1])
     lines = {k: src.at((*path, k))[1] for k in table}
@@ -408,7 +421,7 @@ def _collectors(src: Sources, raw: Any, types_: Mapping[str, Tuple[str, Any]],
             continue
         tabled_types.add(type_name)
         plugin, kind = types_[type_name]
-        values = _validated(src, table, (*COLLECTOR_COMMON, *kind.options), path)
+        values = validated(src, table, (*COLLECTOR_COMMON, *kind.options), path)
         if values.get("enabled") is False:  # a table of its own means "run it" unless it says otherwise
             continue
         out.append(_collector_config(src, name, type_name, plugin, kind, values, path))

@@ -179,6 +179,15 @@ def render(template: str, rule: CompiledRule, instance: Instance) -> str:
         return f"{template} (template error: {e})"
 
 
+def annotations(rule: CompiledRule, instance: Instance) -> Dict[str, str]:
+    """An alert's annotations as they read now: its templates rendered, and its runbook."""
+    o = rule.options
+    out = {k: render(o[k], rule, instance) for k in ("summary", "description") if o[k]}
+    if o["runbook"]:
+        out["runbook"] = o["runbook"]
+    return out
+
+
 class Silence(NamedTuple):
     id: int
     rule: Optional[str]
@@ -347,11 +356,8 @@ class Engine:
         inst.state = state
         labels = inst.labels_dict()
         inst.silenced = any(s.matches(rule.name, labels, now) for s in self.silences)
-        annotations = {k: render(o[k], rule, inst) for k in ("summary", "description") if o[k]}
-        if o["runbook"]:
-            annotations["runbook"] = o["runbook"]
-        out.append(AlertTransition(rule.name, labels, before, state, now, inst.value, o["severity"], annotations,
-                                   inst.silenced))
+        out.append(AlertTransition(rule.name, labels, before, state, now, inst.value, o["severity"],
+                                   annotations(rule, inst), inst.silenced))
 
     # -- views -----------------------------------------------------------------
 

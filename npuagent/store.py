@@ -9,14 +9,18 @@ Why it is built this way:
 
 * **Memory.** An agent on a busy accelerator host holds thousands of series,
   each with up to an hour of samples. A ``(t, v)`` tuple of two floats costs
-  over 100 bytes in CPython; two ``array('d')`` ring buffers cost 16 bytes per
-  sample and no Python object at all. Buffers start small and double up to a
-  bound derived from retention and the source's interval, so short-lived or
-  sparse series never pay for a full window.
+  over 100 bytes in CPython; two ring buffers, an ``array('d')`` of values
+  and an array of 32-bit millisecond offsets from a per-series base, cost
+  12 bytes per sample and no Python object at all. Timestamps are thus
+  whole milliseconds, as in Prometheus. Buffers start small and double up
+  to a bound derived from retention and the source's interval, so
+  short-lived or sparse series never pay for a full window.
 * **Speed.** A rule over one hour at 1 s reads 3600 samples. The window is two
   ``bisect`` calls and one or two C-level slices; the functions then let C do
   the per-sample work (``math.fsum``, ``min``, ``sorted``, ``map`` with
   ``operator`` functions, ``itertools.compress``) instead of Python loops.
+  Timestamps become float seconds only where a function reads them
+  (:meth:`Series.window`): most read none, rate and friends two.
 * **Semantics.** Operators know PromQL, so the functions follow Prometheus 3
   exactly: left-open ranges ``(start, end]``, ``extrapolatedRate`` for
   rate/increase/delta, ``linearRegression`` for deriv/predict_linear,
@@ -38,11 +42,11 @@ from __future__ import annotations
 import math
 import threading
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from itertools import compress, repeat
-from math import fsum, inf, isinf, isnan, nan
-from operator import gt, itemgetter, mul, sub, truediv
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from math import ceil, floor, fsum, inf, isinf, isnan, nan
+from operator import add, eq, gt, itemgetter, mul, sub, truediv
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union, overload
 
 try:  # Python 3.12+: a dot product in one C loop, with exact products and extended-precision sums.
     from math import sumprod as _sumprod
@@ -54,6 +58,7 @@ __all__ = [
     "Series",
     "SeriesKey",
     "Store",
+    "Times",
     "absent",
     "avg_over",
     "bucket_increases",
@@ -81,12 +86,24 @@ __all__ = [
 Labels = Tuple[Tuple[str, str], ...]
 #: The identity of a series: its name and canonical label set.
 SeriesKey = Tuple[str, Labels]
-#: What window functions take: ``array('d')`` from :meth:`Series.window`, or any float sequence.
+#: What window functions take: ``array('d')`` or :class:`Times` from a :class:`Series`, or any float sequence.
 Floats = Sequence[float]
 
 # ``array * n`` allocates exactly n items, unlike ``array(..., bytes)`` or
-# ``extend``, which over-allocate by 1/16 -- a full window must cost 16 bytes a sample.
+# ``extend``, which over-allocate by 1/16 -- a full window must cost 12 bytes a sample.
 _ZERO = array("d", [0.0])
+#: Timestamps: unsigned 32-bit millisecond offsets from a per-series base. C's unsigned int
+#: is 4 bytes on every platform CPython supports (the tests check ``itemsize``).
+_MS_TYPECODE = "I"
+_ZERO_MS = array(_MS_TYPECODE, [0])
+#: The largest offset: 2**32 - 1 ms, 49.7 days.
+_MAX_OFFSET = (1 << 32) - 1
+#: Offsets up to here are one-digit Python ints (12.4 days), which convert ~1.5x faster than larger ones.
+_FAST_OFFSET = (1 << 30) - 1
+#: Timestamps must be within this many seconds of 1970 (278,000 years): floats still tell milliseconds apart.
+_MAX_TIME = 2.0**43
+#: ``_last_ms`` of a series without samples: older than any valid one.
+_NO_MS = -(1 << 63)
 _INITIAL_CAPACITY = 8
 #: Prometheus's smallDeltaTolerance (promql/quantile.go).
 _SMALL_DELTA_TOLERANCE = 1e-12
@@ -124,17 +141,137 @@ def _check_retention(value: float) -> float:
     return value
 
 
+def _to_ms(t: float) -> int:
+    """Seconds to whole milliseconds as Prometheus's ``timestamp.FromFloatSeconds``: nearest, halves away from 0."""
+    x = t * 1000.0
+    return floor(x + 0.5) if x >= 0.0 else ceil(x - 0.5)
+
+
+def _floor_ms(x: float) -> int:
+    """The largest whole millisecond ``m`` with ``m / 1000 <= x``, for a finite ``x``.
+
+    Windows select by the float seconds they return, ``m / 1000``, so a bound
+    converts to milliseconds exactly this way. ``x * 1000`` is off by a
+    rounding error; the loops correct it (by one step, or a few beyond
+    ``2**42`` s where floats no longer tell every millisecond apart).
+    """
+    m = floor(x * 1000.0)
+    while m / 1000 > x:
+        m -= 1
+    while (m + 1) / 1000 <= x:
+        m += 1
+    return m
+
+
+def _seconds(ms: array[int], base: int) -> array[float]:
+    """Offsets in milliseconds from ``base`` as float seconds: ``(base + offset) / 1000``, rounded once.
+
+    ``float(base) + offset`` is exact (an integer below 2**53), so each value
+    equals ``m / 1000`` for the sample's millisecond ``m``: a timestamp that
+    was a whole millisecond comes back as the very float it was ingested as.
+    (A comprehension: 15-20% faster here than chained ``map`` calls, which
+    allocate the same int and float objects per item.)
+    """
+    b = float(base)
+    return array("d", [(b + x) / 1000.0 for x in ms])
+
+
+class Times(Sequence[float]):
+    """A window's timestamps in float seconds, converted from milliseconds only when read.
+
+    :meth:`Series.window` returns one for its timestamps. The standard library cannot convert integers to
+    floats in bulk, so converting a 1 h window at 1 s costs some 60 times
+    the window itself -- while most window functions read no timestamp at
+    all (``avg_over``, ``min_over``, ...) and ``rate``, ``increase`` and
+    ``delta`` read only the first and the last. Indexing converts one;
+    iterating converts in C-level ``map``; :meth:`seconds` converts all.
+    """
+
+    __slots__ = ("_base", "_ms")
+
+    def __init__(self, ms: array[int], base: int) -> None:
+        self._ms = ms
+        self._base = base
+
+    def __len__(self) -> int:
+        return len(self._ms)
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Times: ...
+
+    def __getitem__(self, i: Union[int, slice]) -> Union[float, Times]:
+        if isinstance(i, slice):
+            return Times(self._ms[i], self._base)
+        return (self._base + self._ms[i]) / 1000
+
+    def __iter__(self) -> Iterator[float]:
+        return map(truediv, map(add, self._ms, repeat(float(self._base))), repeat(1000.0))
+
+    def __repr__(self) -> str:
+        return f"Times({self.seconds().tolist()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same timestamps (an ``array('d')``, a list, another Times)."""
+        if isinstance(other, (Times, array, list, tuple)):
+            return len(self) == len(other) and all(map(eq, self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence compared by value is not hashable
+
+    def seconds(self) -> array[float]:
+        """All timestamps as an ``array('d')`` of float seconds."""
+        return _seconds(self._ms, self._base)
+
+    def since(self, origin: float) -> List[float]:
+        """Seconds from ``origin`` to each timestamp, as Prometheus's linearRegression computes them.
+
+        ``float64(sample.T - interceptTime) / 1e3``: the difference in whole
+        milliseconds (``origin`` rounded to one), then one division. Exact
+        differences, where subtracting float seconds would carry the
+        rounding of both operands.
+        """
+        if not -_MAX_TIME < origin < _MAX_TIME:  # NaN or infinite: NaN or infinite x, as with floats
+            return list(map(sub, self, repeat(origin)))
+        shift = _to_ms(origin) - self._base
+        return [(x - shift) / 1000.0 for x in self._ms]
+
+
 class Series:
     """One series: its identity and a ring buffer of its samples.
 
-    Timestamps and values live in two ``array('d')`` of equal size. The
-    logical order starts at ``_head``; once the buffer holds ``_max``
-    samples, each new sample overwrites the oldest. ``_last_t``/``_last_v``
-    duplicate the newest sample so the ingest path and ``live()`` need no
+    Values live in an ``array('d')``; timestamps in an array of unsigned
+    32-bit millisecond offsets from ``_base`` (an int, in milliseconds), both
+    of the same size. The logical order starts at ``_head``; once the buffer
+    holds ``_max`` samples, each new sample overwrites the oldest.
+    ``_last_ms``/``_last_t``/``_last_v`` duplicate the newest sample (``_last_t``
+    in float seconds) so the ingest path, ``select`` and ``live()`` need no
     index arithmetic.
+
+    An offset reaches at most 2**32 - 1 ms (49.7 days) past the base. The
+    series is *rebased* before that (:meth:`_fit`): the base moves to the
+    oldest sample and every offset shifts down. Samples more than 49.7 days
+    older than the newest cannot share a base with it and are dropped then;
+    no retention this agent uses comes close.
     """
 
-    __slots__ = ("_head", "_last_t", "_last_v", "_len", "_max", "_store", "_ts", "_vs", "labels", "name", "source")
+    __slots__ = (
+        "_base",
+        "_head",
+        "_last_ms",
+        "_last_t",
+        "_last_v",
+        "_len",
+        "_max",
+        "_store",
+        "_ts",
+        "_vs",
+        "labels",
+        "name",
+        "source",
+    )
 
     name: str
     labels: Labels
@@ -150,10 +287,12 @@ class Series:
         self._store = store
         self._max = capacity_bound
         size = min(_INITIAL_CAPACITY, capacity_bound)
-        self._ts: array[float] = _ZERO * size
+        self._ts: array[int] = _ZERO_MS * size
         self._vs: array[float] = _ZERO * size
+        self._base = 0
         self._head = 0
         self._len = 0
+        self._last_ms = _NO_MS
         self._last_t = -inf
         self._last_v = nan
 
@@ -180,45 +319,67 @@ class Series:
             return (self._last_t, self._last_v)
         return None
 
-    def window(self, start: float, end: float) -> Tuple[array[float], array[float]]:
-        """The samples with ``start < t <= end`` as ``(timestamps, values)`` arrays.
+    def window(self, start: float, end: float) -> Tuple[Times, array[float]]:
+        """The samples with ``start < t <= end``: their timestamps as :class:`Times` and values as an array.
 
         Left-open like a Prometheus 3 range selector, so ``[5m]`` at a 1 m
         interval holds 5 samples, not 6. Samples older than the retention are
         excluded even while the ring still holds them. The result is a copy:
-        the caller may keep it while new samples arrive.
+        the caller may keep it while new samples arrive. Timestamps are
+        converted to float seconds only when read (``Times.seconds()`` converts
+        all): every window function takes them, most read none, rate/increase/
+        delta read two, and deriv/predict_linear compute from the milliseconds.
         """
+        ms, vs = self._select(start, end)
+        return Times(ms, self._base), vs
+
+    def _select(self, start: float, end: float) -> Tuple[array[int], array[float]]:
+        """Copies of the offsets and values of the samples with ``start < t <= end``, oldest first."""
         cutoff = self._store._cutoff
         if start < cutoff:
             start = cutoff
         n = self._len
-        if not n or not end > start:
-            return array("d"), array("d")
         ts = self._ts
         vs = self._vs
+        if not n or not end > start:
+            return ts[:0], vs[:0]
+        # Offsets at or below lo are not newer than start; at or below hi, not newer than end.
+        lo = self._floor_offset(start)
+        hi = self._floor_offset(end)
         size = len(ts)
         head = self._head
         stop = head + n
         if stop <= size:
-            lo = bisect_right(ts, start, head, stop)
-            hi = bisect_right(ts, end, lo, stop)
-            return ts[lo:hi], vs[lo:hi]
+            lo1 = bisect_right(ts, lo, head, stop)
+            hi1 = bisect_right(ts, hi, lo1, stop)
+            return ts[lo1:hi1], vs[lo1:hi1]
         # Wrapped: the older part is [head, size), the newer [0, stop - size).
         stop -= size
-        lo1 = bisect_right(ts, start, head, size)
-        hi1 = bisect_right(ts, end, lo1, size)
-        lo2 = bisect_right(ts, start, 0, stop)
-        hi2 = bisect_right(ts, end, lo2, stop)
+        lo1 = bisect_right(ts, lo, head, size)
+        hi1 = bisect_right(ts, hi, lo1, size)
+        lo2 = bisect_right(ts, lo, 0, stop)
+        hi2 = bisect_right(ts, hi, lo2, stop)
         if lo1 == hi1:
             return ts[lo2:hi2], vs[lo2:hi2]
         if lo2 == hi2:
             return ts[lo1:hi1], vs[lo1:hi1]
         return ts[lo1:hi1] + ts[lo2:hi2], vs[lo1:hi1] + vs[lo2:hi2]
 
+    def _floor_offset(self, x: float) -> int:
+        """The largest offset whose timestamp is ``<= x``; ``x`` may be infinite, not NaN.
+
+        May be outside the offsets' range, which only means every sample (or none) is newer than ``x``.
+        """
+        # Every stored timestamp is strictly inside +-_MAX_TIME, so clamping keeps every comparison.
+        return _floor_ms(min(max(x, -_MAX_TIME), _MAX_TIME)) - self._base
+
     # -- writing (loop thread, under the store's lock) --
 
-    def _append(self, t: float, v: float) -> None:
+    def _append(self, ms: int, v: float) -> None:
         """Add a sample newer than every stored one; the caller has checked the order."""
+        off = ms - self._base
+        if not 0 <= off <= _FAST_OFFSET:
+            off = self._fit(ms)
         n = self._len
         ts = self._ts
         size = len(ts)
@@ -226,25 +387,55 @@ class Series:
             i = self._head + n
             if i >= size:
                 i -= size
-            ts[i] = t
+            ts[i] = off
             self._vs[i] = v
             self._len = n + 1
         elif size < self._max:
             self._resize(min(size * 2, self._max))
-            self._ts[n] = t
+            self._ts[n] = off
             self._vs[n] = v
             self._len = n + 1
         else:
             head = self._head
-            ts[head] = t
+            ts[head] = off
             self._vs[head] = v
             head += 1
             self._head = 0 if head == size else head
-        self._last_t = t
+        self._last_ms = ms
+        self._last_t = ms / 1000
         self._last_v = v
 
-    def _ordered(self) -> Tuple[array[float], array[float]]:
-        """Copies of the stored samples, oldest first."""
+    def _fit(self, ms: int) -> int:
+        """The offset of ``ms`` when it is past the fast range: rebase first if it must, or if that pays.
+
+        Every per-sample conversion (``window``, ``Times.since``) makes a Python
+        int of each offset, ~1.5x faster below 2**30 (12.4 days). So a series is
+        rebased not only when the offset would overflow but also as soon as
+        that at least halves it: a series spanning up to 6.2 days keeps its
+        offsets fast and is rebased every 12.4 days less its span; a longer
+        one once per span, or every 49.7 days less its span once that is
+        sooner. A rebase moves every sample (O(samples)), so it is amortised
+        over the appends in between -- except for a span within a few
+        intervals of 49.7 days, which nothing here configures.
+        """
+        off = ms - self._base
+        if self._len and off <= _MAX_OFFSET and 2 * self._ts[self._head] < off:
+            return off
+        self._rebase(ms)
+        return ms - self._base
+
+    def _rebase(self, ms: int) -> None:
+        """Move the base to the oldest sample that can share one with ``ms`` (the first sample sets it too)."""
+        base = self._base
+        ts, vs = self._ordered()
+        first = bisect_left(ts, ms - _MAX_OFFSET - base)
+        new_base = base + ts[first] if first < len(ts) else ms
+        shifted = array(_MS_TYPECODE, map(sub, ts[first:], repeat(new_base - base)))
+        self._load(shifted, vs[first:], len(self._ts))
+        self._base = new_base
+
+    def _ordered(self) -> Tuple[array[int], array[float]]:
+        """Copies of the stored offsets and values, oldest first."""
         head = self._head
         stop = head + self._len
         size = len(self._ts)
@@ -253,15 +444,20 @@ class Series:
         stop -= size
         return self._ts[head:] + self._ts[:stop], self._vs[head:] + self._vs[:stop]
 
-    def _resize(self, size: int) -> None:
-        """Move the samples into buffers of exactly ``size`` items, oldest first at index 0."""
-        ts, vs = self._ordered()
+    def _load(self, ts: array[int], vs: array[float], size: int) -> None:
+        """Replace the buffers by ones of exactly ``size`` items holding these samples, oldest first at 0."""
         n = len(ts)
-        self._ts = _ZERO * size
+        self._ts = _ZERO_MS * size
         self._vs = _ZERO * size
         self._ts[:n] = ts
         self._vs[:n] = vs
         self._head = 0
+        self._len = n
+
+    def _resize(self, size: int) -> None:
+        """Move the samples into buffers of exactly ``size`` items."""
+        ts, vs = self._ordered()
+        self._load(ts, vs, size)
 
     def _set_bound(self, capacity_bound: int, cutoff: float) -> None:
         """Adopt a new capacity bound after the retention or the source's interval changed.
@@ -277,19 +473,14 @@ class Series:
             return
         ts, vs = self._ordered()
         n = len(ts)
-        inside = n - bisect_right(ts, cutoff)
+        inside = n - bisect_right(ts, self._floor_offset(cutoff))
         # One more than what is inside: room for the sample being appended,
         # so it does not overwrite one the retention still covers.
         keep = max(capacity_bound, inside + 1)
         if keep >= size:
             return
         k = min(n, keep)
-        self._ts = _ZERO * keep
-        self._vs = _ZERO * keep
-        self._ts[:k] = ts[n - k :]
-        self._vs[:k] = vs[n - k :]
-        self._head = 0
-        self._len = k
+        self._load(ts[n - k :], vs[n - k :], keep)
 
 
 class Store:
@@ -319,6 +510,8 @@ class Store:
         self._last_sweep = -inf
         self.out_of_order = 0
         self.invalid = 0
+        #: Counts series created and forgotten: a rule that caches its ``select()`` selects again when it moves.
+        self.generation = 0
 
     def __repr__(self) -> str:
         return f"<Store {len(self._series)} series, {len(self._live)} live, retention {self._retention:g}s>"
@@ -353,11 +546,14 @@ class Store:
 
         Each sample has ``name``, ``labels``, ``value`` and ``timestamp``
         (None means ``now``, the time the collection finished, which also
-        moves the retention cut-off). ``interval`` is the source's collection
+        moves the retention cut-off). Timestamps are rounded to whole
+        milliseconds, Prometheus's resolution (halves away from zero, as its
+        ``timestamp.FromFloatSeconds``). ``interval`` is the source's collection
         interval: it bounds how many samples each of its series keeps
-        (:func:`max_capacity`). A sample not newer than its series' last one is
-        dropped and counted in :attr:`out_of_order`; one with unusable fields
-        is dropped and counted in :attr:`invalid`. Series the source returned
+        (:func:`max_capacity`). A sample whose millisecond is not newer than its
+        series' last one is dropped and counted in :attr:`out_of_order`; one
+        with unusable fields (a timestamp that is not finite or further than
+        2**43 s from 1970 among them) is dropped and counted in :attr:`invalid`. Series the source returned
         last time but not now leave the live set -- the source says they are
         gone, as a Prometheus staleness marker would -- but keep their
         history for window functions. Returns the number of samples stored.
@@ -388,18 +584,22 @@ class Store:
                 except (AttributeError, TypeError, ValueError):
                     invalid += 1
                     continue
-                if t - t != 0.0:
-                    # NaN or infinite: it would poison the series' ordering for good.
+                if not -_MAX_TIME < t < _MAX_TIME:
+                    # NaN or infinite, it would poison the series' ordering for good;
+                    # beyond 2**43 s, floats no longer tell milliseconds apart.
                     invalid += 1
                     continue
+                # Whole milliseconds, as Prometheus stores them (_to_ms, inlined: this loop is hot).
+                x = t * 1000.0
+                ms = floor(x + 0.5) if x >= 0.0 else ceil(x - 0.5)
                 key = (name, labels)
                 s = series.get(key)
                 if s is None:
                     s = self._create(key, bound)
                 elif s._max != bound:
                     s._set_bound(bound, cutoff)
-                if t > s._last_t:
-                    s._append(t, value)
+                if ms > s._last_ms:
+                    s._append(ms, value)
                     accepted += 1
                 else:
                     dropped += 1
@@ -427,6 +627,7 @@ class Store:
     def _create(self, key: SeriesKey, bound: int) -> Series:
         name, labels = key
         s = Series(name, labels, "", self, bound)
+        self.generation += 1
         self._series[key] = s
         group = self._by_name.get(name)
         if group is None:
@@ -441,6 +642,7 @@ class Store:
         that is a little late to go costs only its buffers for a while.
         """
         stale = [key for key, s in self._series.items() if s._last_t <= cutoff]
+        self.generation += bool(stale)
         for key in stale:
             del self._series[key]
             name, labels = key
@@ -781,7 +983,12 @@ def _dot(a: Floats, b: Floats) -> float:
 
 
 def _linear_regression(ts: Floats, vs: Floats, intercept_time: float) -> Tuple[float, float]:
-    """Prometheus's linearRegression: least-squares slope, and the fitted value at ``intercept_time``."""
+    """Prometheus's linearRegression: least-squares slope, and the fitted value at ``intercept_time``.
+
+    From :class:`Times` the x values are Prometheus's own, millisecond
+    differences divided by 1000 (:meth:`Times.since`), and cost no more than
+    subtracting floats.
+    """
     n = len(vs)
     first = vs[0]
     if first == vs[-1] and vs.count(first) == n:
@@ -790,7 +997,7 @@ def _linear_regression(ts: Floats, vs: Floats, intercept_time: float) -> Tuple[f
         if isinf(first):
             return nan, nan
         return 0.0, first
-    xs = list(map(sub, ts, repeat(intercept_time, n)))
+    xs = ts.since(intercept_time) if isinstance(ts, Times) else list(map(sub, ts, repeat(intercept_time, n)))
     sum_x = fsum(xs)
     sum_y = _fsum(vs)
     sum_xy = _dot(xs, vs)

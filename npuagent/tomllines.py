@@ -27,7 +27,7 @@ class _Scanner:
         self.i = 0
         self.line = 1
         self.lines: Dict[Path, int] = {}
-        self.aot_index: Dict[Path, int] = {}  # array-of-tables path -> index of its last element
+        self.aot_index: Dict[Path, int] = {}  # resolved array-of-tables path -> index of its last element
 
     # -- low level -----------------------------------------------------------
 
@@ -145,17 +145,15 @@ class _Scanner:
         self.skip_space(False)
         self.advance(2 if array else 1)
         resolved: Path = ()
-        raw: Path = ()
         for n, k in enumerate(keys):
-            raw += (k,)
             resolved += (k,)
-            last = n == len(keys) - 1
-            if array and last:
-                self.aot_index[raw] = self.aot_index.get(raw, -1) + 1
+            if array and n == len(keys) - 1:
+                # numbered under its own parent element: [[tests.series]] restarts at 0 in each [[tests]]
+                self.aot_index[resolved] = self.aot_index.get(resolved, -1) + 1
                 self.lines.setdefault(resolved, self.line)
-                resolved += (self.aot_index[raw],)
-            elif raw in self.aot_index:
-                resolved += (self.aot_index[raw],)
+                resolved += (self.aot_index[resolved],)
+            elif resolved in self.aot_index:
+                resolved += (self.aot_index[resolved],)
         return resolved
 
     def scan(self) -> Dict[Path, int]:

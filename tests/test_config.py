@@ -223,3 +223,18 @@ def test_key_lines_follow_tables_arrays_and_multiline_strings() -> None:
     assert lines[("rules", 1)] == 11
     assert lines[("rules", 1, "quoted key", 1)] == 14
     assert lines[("actions", "page ops", "urls", "primary")] == 17
+
+
+def test_key_lines_number_nested_arrays_of_tables_under_their_parent() -> None:
+    text = ('[[tests]]\n'                 # 1
+            '[[tests.series]]\n'          # 2
+            'values = "1"\n'              # 3
+            '[[tests.series]]\n'          # 4
+            'values = "2"\n'              # 5
+            '[[tests]]\n'                 # 6
+            '[[tests.series]]\n'          # 7
+            'values = "3"\n')             # 8
+    lines = key_lines(text)
+    assert lines[("tests", 0, "series", 1, "values")] == 5
+    assert lines[("tests", 1, "series", 0, "values")] == 8
+    assert ("tests", 1, "series", 2) not in lines

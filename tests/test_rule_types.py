@@ -259,8 +259,9 @@ def test_threshold_selects_series_once_until_the_store_gets_new_ones() -> None:
             self.selects += 1
             return self.store.select(name, matchers)
 
-        def __len__(self) -> int:
-            return len(self.store)
+        @property
+        def generation(self) -> int:
+            return self.store.generation
 
     r = build("threshold", "hot", metric=TEMP, above=80)
     sim = Sim(r)
@@ -275,6 +276,13 @@ def test_threshold_selects_series_once_until_the_store_gets_new_ones() -> None:
     fired = sim.engine.evaluate(T0 + 100, counting)
     assert counting.selects == 2
     assert [t.labels for t in fired] == [dev(16)]
+    # one series swept and another created between two evaluations: the count stays, the generation moves
+    before = sim.store.generation
+    sim.store._sweep(float("inf"))
+    sim.feed(200, *temps(*[90 + k for k in range(17)]))
+    assert len(sim.store) == 17 and sim.store.generation == before + 18
+    sim.engine.evaluate(T0 + 200, counting)
+    assert counting.selects == 3
 
 
 def test_threshold_emits_only_firing_verdicts_while_the_rule_has_no_alert() -> None:

@@ -289,3 +289,19 @@ def test_templates_actions_metrics_are_checked_at_load_with_file_and_line(tmp_pa
     # a metric of a family nobody declares (a scraped server's) is not second-guessed
     assert _compile(tmp_path, '[[rules]]\nname = "q"\ntype = "scripted"\nmetric = "vllm:num_requests_waiting"\n',
                     {"npu_temperature_celsius": MetricSpec("npu_temperature_celsius")})
+
+
+def test_rules_test_command_passes_on_every_shipped_rule_test() -> None:
+    """`npuagent rules test tests/rules/*.toml`, as an operator runs it, in the test suite."""
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = sorted(glob.glob(os.path.join(here, "rules", "*.toml")))
+    assert files
+    result = subprocess.run([sys.executable, "-m", "npuagent", "rules", "test", *files], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("PASSED: ")

@@ -77,10 +77,6 @@ AGG_NO_QUANTILE = String("|".join(AGGS), "one of " + ", ".join(f'"{a}"' for a in
 
 MATCH_HELP = 'Label values a series must have, e.g. { device_id = "0" } (exact match; "" matches a missing label).'
 
-#: How long a :class:`Selection` trusts its cached series without asking the store again, however
-#: unchanged the store looks: the store's size is the cheap check, and one series swept while another
-#: is created between two evaluations leaves it unchanged.
-RESELECT_AFTER = 300.0
 
 
 def quantile_of(agg: str) -> Optional[Decimal]:
@@ -283,8 +279,8 @@ class Selection:
     ``store.select()`` walks every series of the name and compares labels; doing
     that for every rule at every evaluation is most of an evaluation's cost when
     the answer almost never changes. So the rows are kept and selected again only
-    when the store is another object, when its number of series changed (a series
-    was created or swept), or after :data:`RESELECT_AFTER` seconds as a safety net.
+    when the store is another object or its ``generation`` moved (a series was
+    created or swept).
     Keeping a series that has since aged out of the retention is harmless: its
     ``last()`` is None and its windows are empty, exactly as if it were not selected.
 
@@ -293,7 +289,7 @@ class Selection:
     None reads the buckets if there are any, else the series (a metric nobody declared).
     """
 
-    __slots__ = ("_at", "_size", "_store", "histogram", "is_histogram", "matchers", "name", "rows", "version")
+    __slots__ = ("_generation", "_store", "histogram", "is_histogram", "matchers", "name", "rows", "version")
 
     def __init__(self, name: str, matchers: Mapping[str, str], histogram: Optional[bool] = False) -> None:
         self.name = name
@@ -302,15 +298,14 @@ class Selection:
         self.is_histogram = bool(histogram)
         self.rows: List[Tuple[Any, Dict[str, str]]] = []
         self._store: Any = None
-        self._size = -1
-        self._at = -math.inf
+        self._generation = -1
         #: Incremented at every new selection, so a rule can rebuild what it derives from the rows.
         self.version = 0
 
     def refresh(self, store: Any, now: float) -> bool:
         """Select again if the store may have new series; True if it did."""
-        size = len(store)
-        if store is self._store and size == self._size and self._at <= now < self._at + RESELECT_AFTER:
+        generation = store.generation
+        if store is self._store and generation == self._generation:
             return False
         rows: Optional[List[Tuple[Any, Dict[str, str]]]] = None
         if self.histogram is not False:
@@ -321,7 +316,7 @@ class Selection:
         if rows is None:
             rows = [(s, s.labels_dict()) for s in store.select(self.name, self.matchers)]
         self.rows = rows
-        self._store, self._size, self._at = store, size, now
+        self._store, self._generation = store, generation
         self.version += 1
         return True
 
