@@ -87,6 +87,9 @@ class EvalContext:
     alerts: Callable[[str], List[Instance]]
     collectors: Mapping[str, Any] = field(default_factory=dict)
     started: float = 0.0
+    #: Lives for one evaluation: rules reading the same aggregate of the same series (a warning and a
+    #: critical threshold on one 5 m average) compute it once. Key it with everything the value depends on.
+    memo: Dict[Any, Any] = field(default_factory=dict)
 
 
 class Instance:
@@ -312,6 +315,8 @@ class Engine:
                 inst = rule.instances[labels] = Instance(rule.name, labels)
             inst.value = v.value
             inst.last_seen = now
+            if inst.state == FIRING and not v.clear:
+                continue  # the common case of a long alert: nothing moves
             self._step(rule, inst, v.fire, v.clear, now, out)
         if len(seen) != len(rule.instances):
             for labels, inst in list(rule.instances.items()):

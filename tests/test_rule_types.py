@@ -92,7 +92,9 @@ class Sim:
     def verdicts(self, rule: CompiledRule, t: float) -> list:
         ctx = EvalContext(T0 + t, self.store, self.events, self.engine.instances_of, self.collectors,
                           self.engine.started)
-        return sorted(rule.impl.evaluate(ctx), key=lambda v: sorted(v.labels.items()))
+        # a verdict's labels are a mapping or the store's sorted tuple of pairs: give the tests mappings
+        verdicts = [v._replace(labels=dict(v.labels)) for v in rule.impl.evaluate(ctx)]
+        return sorted(verdicts, key=lambda v: sorted(v.labels.items()))
 
 
 def dev(i: Any) -> Dict[str, str]:

@@ -180,17 +180,22 @@ class Measurement:
         self.over = over or 0.0
         self.stale_after = stale_after
 
-    def __call__(self, s: Series, now: float) -> Optional[float]:
+    def __call__(self, s: Series, now: float, memo: Optional[Dict[Any, Any]] = None) -> Optional[float]:
+        """``memo``: the evaluation's :attr:`EvalContext.memo`, shared with the other rules."""
         if self.fn is None:
             last = s.last()
             if last is None or last[0] <= now - self.stale_after:
                 return None
             return last[1]
         start = now - self.over
+        key = (self.fn, s, start)
+        if memo is not None and key in memo:
+            return memo[key]
         ts, vs = s.window(start, now)
-        if not len(vs):
-            return None
-        return self.fn(ts, vs, start, now)
+        value = self.fn(ts, vs, start, now) if len(vs) else None
+        if memo is not None:
+            memo[key] = value
+        return value
 
     def window(self) -> float:
         """Seconds of history it reads (the newest sample may be ``stale_after`` old)."""
@@ -457,24 +462,26 @@ class ThresholdRule:
         b = self.bounds
         sign, fire_at, clear_at = b.sign, b.fire_at, b.clear_at
         append = out.append
-        for s, labels in sel.rows:
+        memo = ctx.memo
+        for s, _labels in sel.rows:
             if fn is None:
                 last = s.last()
                 if last is None or last[0] <= oldest:
                     continue
                 value = last[1]
             else:
-                ts, vs = s.window(start, now)
-                if not len(vs):
-                    continue
-                value = fn(ts, vs, start, now)
+                key = (fn, s, start)
+                value = memo.get(key, memo)
+                if value is memo:
+                    ts, vs = s.window(start, now)
+                    value = memo[key] = fn(ts, vs, start, now) if len(vs) else None
                 if value is None:
                     continue
             x = value * sign
-            if x > fire_at:
-                append(Verdict(labels, value, True, False))
+            if x > fire_at:  # s.labels: the sorted tuple the engine keys alerts by, no sorting per verdict
+                append(Verdict(s.labels, value, True, False))
             elif everything and x == x:
-                append(Verdict(labels, value, False, True if clear_at is None else x < clear_at))
+                append(Verdict(s.labels, value, False, True if clear_at is None else x < clear_at))
         return out
 
     def metrics(self) -> Sequence[str]:
@@ -580,13 +587,14 @@ class RatioRule:
         verdict = self.bounds.verdict
         measure = self.measure
         scale = self.scale
+        memo = ctx.memo
         out = []
         for s, labels, dens in self._pairs:
-            parts = [x for x in (measure(d, now) for d in dens) if x is not None]
+            parts = [x for x in (measure(d, now, memo) for d in dens) if x is not None]
             b = sum(parts) if parts else None
             if not b:  # None, or a zero denominator
                 continue
-            a = measure(s, now)
+            a = measure(s, now, memo)
             if a is None:
                 continue
             v = verdict(labels, scale * a / b, everything)
