@@ -148,7 +148,7 @@ def _alerts(agent: Any) -> List[Dict[str, Any]]:
         out.append({"rule": r.name, "labels": i.labels_dict(), "state": i.state, "severity": r.severity,
                     "value": None if i.value is None or i.value != i.value else i.value,
                     "active_at": i.active_at, "fired_at": i.fired_at or None, "next_step_in": None if due is None
-                    else max(due - now, 0.0), "silenced": i.silenced,
+                    else max(due - now, 0.0), "silenced": engine.silenced(r.name, i.labels_dict(), now),
                     "summary": render(r.options["summary"], r, i) if r.options["summary"] else ""})
     return out
 

@@ -360,11 +360,15 @@ class Engine:
             return
         inst.state = state
         labels = inst.labels_dict()
-        inst.silenced = any(s.matches(rule.name, labels, now) for s in self.silences)
+        inst.silenced = self.silenced(rule.name, labels, now)
         out.append(AlertTransition(rule.name, labels, before, state, now, inst.value, o["severity"],
                                    annotations(rule, inst), inst.silenced))
 
     # -- views -----------------------------------------------------------------
+
+    def silenced(self, rule: str, labels: Mapping[str, str], now: float) -> bool:
+        """Whether a silence in force covers this alert now."""
+        return any(s.matches(rule, labels, now) for s in self.silences)
 
     def alerts(self) -> List[Tuple[CompiledRule, Instance]]:
         """Every alert not inactive, with its rule."""
