@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .agent import Health
 from .options import format_duration
 
 __all__ = ["annotation_key", "go_render", "go_template", "prometheus_rules", "yaml_dump"]
@@ -308,23 +309,12 @@ def annotation_key(key: str) -> str:
 
 
 @dataclass
-class _Health:
-    up: int = 0
-    duration: float = 0.0
-    errors: int = 0
-    skipped: int = 0
-    last_success: float = 0.0
-    last_error: str = ""
-    samples: int = 0
-
-
-@dataclass
 class _Runner:
     """A configured collector as a rule's dry evaluation sees it: its configuration, no health yet."""
 
     name: str
     cfg: Any
-    health: _Health = field(default_factory=_Health)
+    health: Health = field(default_factory=Health)
 
 
 def _export(impl: Any) -> Tuple[Optional[str], str]:

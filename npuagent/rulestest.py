@@ -97,6 +97,7 @@ from typing import (
 )
 
 from . import config as config_mod
+from .agent import Health
 from .config import validated
 from .events import EventLog
 from .model import Event, Sample
@@ -657,19 +658,6 @@ class Alert:
 
 
 @dataclass
-class _Health:
-    """What rules read of a collector's health (the fields of :class:`npuagent.agent.Health`)."""
-
-    up: int = 0
-    duration: float = 0.0
-    errors: int = 0
-    skipped: int = 0
-    last_success: float = 0.0
-    last_error: str = ""
-    samples: int = 0
-
-
-@dataclass
 class _CollectorCfg:
     name: str
     interval: float
@@ -683,7 +671,7 @@ class _Collector:
 
     name: str
     cfg: _CollectorCfg
-    health: _Health = field(default_factory=_Health)
+    health: Health = field(default_factory=Health)
 
 
 @dataclass
