@@ -143,6 +143,7 @@ class Agent:
         self.reload_time = self.clock.time()
         self.started = self.clock.time()
         self._done: queue.Queue = queue.Queue()
+        self._emitted: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
@@ -165,6 +166,7 @@ class Agent:
             if old is not None and _identity(old.cfg) == _identity(c):
                 continue
             ctx = self.context(c, cfg)
+            ctx.emitter = self._emit
             try:
                 collector = types_[c.type][1].factory(ctx)
             except Exception as e:
@@ -261,8 +263,16 @@ class Agent:
         self.notifier.cycle()
         return completed
 
+    def _emit(self, events: List[Event]) -> None:
+        """Events a plugin hands over between collections (any thread): taken in at the next pass, now."""
+        self._emitted.put(events)
+        self._wake.set()
+
     def _take_results(self) -> int:
         completed = 0
+        while not self._emitted.empty():
+            self.events.add(self._emitted.get_nowait(), self.clock.time())
+            completed += 1  # new events: evaluate the rules now
         while True:
             try:
                 runner, attempt, items, error, duration = self._done.get_nowait()

@@ -7,9 +7,10 @@ import logging
 import subprocess
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Mapping, Optional, Sequence, Set
 
 from . import commands
+from .model import Event
 
 
 class PluginContext:
@@ -47,10 +48,18 @@ class PluginContext:
         self.log = log or logging.getLogger(f"npuagent.{type}.{name}")
         #: every metric the loaded collector types declare, name -> MetricSpec (rules use it)
         self.metrics = metrics or {}
+        #: set by the agent: hands events over between collections (see :meth:`emit`)
+        self.emitter: Optional[Callable[[Sequence[Event]], None]] = None
         #: monotonic time by which the current collection must end (set by the agent).
         self.deadline: Optional[float] = None
         self._running: Set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """Hand events to the agent now, from any thread, without waiting for the next collection:
+        a device fault the driver reports through a callback reaches the rules at once."""
+        if self.emitter is not None:
+            self.emitter(list(events))
 
     def remaining(self) -> float:
         """Seconds left before the current deadline (the full timeout when none is set)."""

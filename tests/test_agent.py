@@ -276,3 +276,19 @@ def test_the_watchdog_is_paced_by_watchdog_usec(notify_socket: Any, monkeypatch:
     assert notify_socket.wait_for("WATCHDOG=1") is not None
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert Notifier().watchdog is None  # meant for another process
+
+
+def test_events_emitted_between_collections_are_taken_in_at_once(tmp_path) -> None:
+    agent, _plugin, clock = make_agent(tmp_path, '[collectors.quiet]\ninterval = "1h"\n', quiet=lambda ctx: [])
+    agent.step()
+    wait_results(agent)
+    agent.step()
+    ctx = agent.runners["quiet"].ctx
+    done = threading.Event()
+    threading.Thread(target=lambda: (ctx.emit([Event("device_fault", {"device_id": "3"}, "0x80E18401")]),
+                                     done.set())).start()
+    done.wait(5)
+    assert agent._wake.is_set()  # the loop is woken, not left sleeping until the next collection
+    assert agent.step() == 1
+    assert [(e.kind, e.labels["device_id"], e.timestamp) for e in agent.events.recent()] == [
+        ("device_fault", "3", clock.t)]
