@@ -10,8 +10,8 @@ numbers mean the same on a laptop and on a loaded CI runner:
 * time: the median cost of each function over a one-hour window at 1 s
   (3600 samples), against ``sum(list_of_3600_floats) / 3600`` -- the cheapest
   mean Python can compute, i.e. "one C-level pass over the data". Functions
-  get the ``array('d')`` windows of ``Series.window``; the "lazy times" rows
-  get the timestamps of ``Series.lazy_window`` instead.
+  get the windows of ``Series.window``: values as ``array('d')``, timestamps as
+  ``Times``, converted from milliseconds only where a function reads them.
 
 Run ``python benchmarks/bench_store.py`` for a table, ``--json`` for JSON.
 """
@@ -156,9 +156,6 @@ def bench_functions(runs: int) -> Dict[str, Any]:
     gts, gvs = g.window(start, end)
     cts, cvs = c.window(start, end)
     assert len(gvs) == HOUR and len(cvs) == HOUR, (len(gvs), len(cvs))
-    # The same windows with lazy timestamps (Times), as the rule engine should read them.
-    glts, _ = g.window(start, end)
-    clts, _ = c.window(start, end)
     (buckets,) = bucket_series(store, "latency_seconds").values()
     incs = bucket_increases(buckets, start, end)
     assert len(incs) == 12
@@ -167,7 +164,6 @@ def bench_functions(runs: int) -> Dict[str, Any]:
     baseline_ns = _median_ns(lambda: sum(plain) / HOUR, runs)
 
     cases: List[Tuple[str, Callable[[], Any]]] = [
-        ("Series.window (1 h slice)", lambda: g.window(start, end)),
         ("Series.window (1 h slice)", lambda: g.window(start, end)),
         ("last_value", lambda: last_value(gts, gvs)),
         ("avg_over", lambda: avg_over(gvs)),
@@ -182,10 +178,6 @@ def bench_functions(runs: int) -> Dict[str, Any]:
         ("delta", lambda: delta(gts, gvs, start, end)),
         ("deriv", lambda: deriv(gts, gvs)),
         ("predict_linear", lambda: predict_linear(gts, gvs, end, 3600.0)),
-        ("rate, lazy times", lambda: rate(clts, cvs, start, end)),
-        ("delta, lazy times", lambda: delta(glts, gvs, start, end)),
-        ("deriv, lazy times", lambda: deriv(glts, gvs)),
-        ("predict_linear, lazy times", lambda: predict_linear(glts, gvs, end, 3600.0)),
         ("histogram_quantile (12 buckets)", lambda: histogram_quantile(0.99, incs)),
         (
             "histogram pipeline (12 x window+increase, quantile)",
