@@ -84,7 +84,7 @@ class EvalContext:
     now: float
     store: Any
     events: Any
-    alerts: Callable[[str], List[Instance]]
+    alerts: Callable[[str], Iterable[Instance]]
     collectors: Mapping[str, Any] = field(default_factory=dict)
     started: float = 0.0
     #: Lives for one evaluation: rules reading the same aggregate of the same series (a warning and a
@@ -257,9 +257,10 @@ class Engine:
 
     # -- evaluation ------------------------------------------------------------
 
-    def instances_of(self, rule: str) -> List[Instance]:
+    def instances_of(self, rule: str) -> Any:
+        """The alerts of ``rule`` (a live view, no copy: rules ask this for every evaluation)."""
         r = self.rules.get(rule)
-        return list(r.instances.values()) if r else []
+        return r.instances.values() if r else ()
 
     def evaluate(self, now: float, store: Any, events: Any = None,
                  collectors: Optional[Mapping[str, Any]] = None) -> List[AlertTransition]:
