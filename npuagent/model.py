@@ -127,7 +127,13 @@ class ActionType:
 
 @dataclass(frozen=True)
 class ActionRequest:
-    """What an action is asked to do: the alert that triggered it, and why."""
+    """What an action is asked to do: the alert that triggered it, and why.
+
+    ``state`` is ``firing`` (the alert fired, or is still firing at a repeat) or
+    ``resolved``. ``history`` is what the agent already did for this alert episode
+    (oldest first) and ``next_step`` what it will do if the alert does not clear:
+    a message can then say what happened, what was done, and what comes next.
+    """
 
     action: str
     rule: str
@@ -137,6 +143,12 @@ class ActionRequest:
     summary: str = ""
     dry_run: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
+    severity: str = "warning"
+    #: when the alert started firing, and when this request was made (seconds since the epoch)
+    started_at: float = 0.0
+    at: float = 0.0
+    history: Sequence[ActionResult] = ()
+    next_step: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,8 +168,22 @@ class ActionResult:
 
 
 class Action(Protocol):
-    """What an action factory returns. ``run`` is called in a worker, with the
-    action's timeout; ``revert`` (optional) undoes a change when the alert resolves."""
+    """What an action factory returns.
+
+    ``run`` is called in a remediation worker, never on the loop, with the action's
+    timeout. Optional methods the core uses when an action has them:
+
+    * ``run_group(requests) -> Sequence[ActionResult]``: called instead of ``run``
+      with all the requests of one evaluation for this action (one message for
+      several alerts);
+    * ``revert(request) -> ActionResult``: undo a change when the alert resolves
+      (or its ``ttl`` ends);
+    * ``target(request) -> str``: what the action acts on (a unit, an app's pid),
+      for cooldowns, budgets and "one action per target at a time";
+    * ``tick(now) -> Sequence[ActionResult]``: called after every evaluation, for
+      work of its own (repeat reminders, re-posting firing alerts);
+    * ``close()``: the action is dropped (reload, stop).
+    """
 
     def run(self, request: ActionRequest) -> ActionResult: ...
 
