@@ -26,6 +26,7 @@ from .context import PluginContext
 from .events import EventLog
 from .model import AlertTransition, CollectorType, Event, MetricSpec, Sample
 from .plugins import Plugins
+from .remediation import Bound, Remediation
 from .rules import Engine, compile_rules
 from .store import Store
 from .systemd import Notifier
@@ -136,6 +137,7 @@ class Agent:
         self.runners: Dict[str, CollectorRunner] = {}
         self.metric_specs: Dict[str, MetricSpec] = {}
         self.engine: Optional[Engine] = None
+        self.remediation: Optional[Remediation] = None
         self.next_evaluation = 0.0
         self.cycles = 0
         self.last_cycle = 0.0
@@ -178,14 +180,18 @@ class Agent:
             compiled = compile_rules(cfg, self.plugins, declared)
         except config_mod.ConfigError as e:
             problems.extend(e.problems)
+        actions = self._build_actions(cfg, problems)
         if problems:
             for runner in built.values():
                 runner.stop()
+            for bound in actions.values():
+                getattr(bound.impl, "close", lambda: None)()
             raise config_mod.ConfigError(problems)
         engine = Engine(compiled, self.state, started=self.started, notify=self._transitions)
         if self.engine is not None:
             engine.adopt(self.engine)
         self.engine = engine
+        self._apply_actions(cfg, actions)
         wanted = {c.name: c for c in cfg.collectors}
         for name in list(self.runners):
             if name not in wanted or name in built:
@@ -203,6 +209,33 @@ class Agent:
         self.events.retention = max(3600.0, engine.window())
         self.cfg = cfg
         logging.getLogger("npuagent").setLevel(cfg.agent["log_level"].upper())
+
+    def _build_actions(self, cfg: config_mod.Config, problems: List[Any]) -> Dict[str, Bound]:
+        """Every configured action made through its type's factory; refusals become problems."""
+        types_ = self.plugins.action_types()
+        out = {}
+        for name, table in cfg.actions.items():
+            kind = types_[table.type][1]
+            ctx = self.context(table, cfg)
+            ctx.timeout = table.options["timeout"]
+            try:
+                out[name] = Bound(name, table.type, table.options, kind.factory(ctx), ctx, kind.disruptive)
+            except Exception as e:
+                problems.append(config_mod.Problem(table.file, table.line, f"actions.{name}", str(e)))
+        return out
+
+    def _apply_actions(self, cfg: config_mod.Config, actions: Dict[str, Bound]) -> None:
+        """Actions run only with a state database: the audit log and the guards' memory live there."""
+        old = self.remediation
+        if self.state is None:
+            for bound in actions.values():
+                getattr(bound.impl, "close", lambda: None)()
+            return
+        self.remediation = Remediation(actions, self.state, observe=self.plugins.action_result, clock=self.clock,
+                                       dry_run=cfg.agent["dry_run"], breaker=cfg.agent["breaker"])
+        if old is not None:
+            self.remediation.episodes = old.episodes
+            old.close()
 
     @staticmethod
     def context(c: config_mod.TableConfig, cfg: config_mod.Config) -> PluginContext:
@@ -243,6 +276,8 @@ class Agent:
             # after every collection round, and often enough for `for` timers to move without new data
             self.next_evaluation = now + self.cfg.agent["evaluation_interval"]
             self.engine.evaluate(self.clock.time(), self.store, self.events, self.runners)
+            if self.remediation is not None:
+                self.remediation.tick(self.clock.time(), self.engine.rules)
         for runner in self.runners.values():
             if runner.busy and not runner.abandoned and now >= runner.deadline:
                 self._abandon(runner)
@@ -320,6 +355,8 @@ class Agent:
             log.info("alert %s{%s} %s -> %s (value %s)%s", t.rule, labels, t.previous, t.state,
                      "none" if t.value is None else f"{t.value:g}", " [silenced]" if t.silenced else "")
             self.plugins.alert_transition(t)
+        if self.remediation is not None and self.engine is not None:
+            self.remediation.handle(transitions, self.engine.rules)
 
     def next_wakeup(self) -> float:
         """Monotonic time of the next thing the loop must do."""
@@ -372,6 +409,8 @@ class Agent:
 
     def shutdown(self) -> None:
         self.plugins.shutdown(self)
+        if self.remediation is not None:
+            self.remediation.close()
         for runner in self.runners.values():
             runner.stop()
 

@@ -26,7 +26,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import permissions
+from . import permissions, remediation
 from .options import (
     Array,
     Boolean,
@@ -54,6 +54,7 @@ AGENT_OPTIONS = (
     Option("state_dir", String(), "/var/lib/npuagent", "Where state (alerts, audit log, offsets) is kept."),
     Option("evaluation_interval", Duration(min=0.1), 1.0,
            "Rules are evaluated after every collection round, and at least this often."),
+    *remediation.AGENT_OPTIONS,
 )
 
 _LISTEN_RE = r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})"
@@ -72,10 +73,6 @@ COLLECTOR_COMMON = (
     Option("enabled", Boolean(), None, "Run this collector (default: the type's own default)."),
     Option("interval", Duration(min=0.1), None, "Time between two collections."),
     Option("timeout", Duration(min=0.05), None, "A collection still running after this is abandoned."),
-)
-
-ACTION_COMMON = (
-    Option("type", String(), help="The action type."),
 )
 
 TOP_LEVEL = ("agent", "http", "plugins", "collectors", "rules", "actions")
@@ -364,8 +361,8 @@ def build(src: Sources, plugins: Any) -> Config:
     for name, table in raw_actions.items():
         if isinstance(table, dict):
             table = {"name": name, **table}
-        action = _typed(src, table, ("actions", name), action_types,
-                        (Option("name", String()), *ACTION_COMMON), "action", plugin_options)
+        action = _typed(src, table, ("actions", name), action_types, remediation.ACTION_COMMON, "action",
+                        plugin_options)
         if action is not None:
             actions[name] = action
 

@@ -45,6 +45,30 @@ SCHEMA = [
         created REAL NOT NULL
     );
     """,
+    # version 2: the audit log of actions, and the host-wide breaker
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,               -- when the attempt was decided
+        rule TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,             -- run, revert
+        disruptive INTEGER NOT NULL,
+        dry_run INTEGER NOT NULL,
+        outcome TEXT,                   -- NULL while it runs: an interrupted attempt keeps NULL
+        finished REAL,
+        duration REAL,
+        output TEXT
+    );
+    CREATE INDEX audit_target ON audit (action, target, at);
+    CREATE TABLE breaker (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        opened_at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -130,6 +154,59 @@ class State:
             self.db.executemany("DELETE FROM alerts WHERE rule = ? AND labels = ?",
                                 [(rule, _labels_key(labels)) for rule, labels in keys])
             self._data_version = self._version()
+
+    # -- audit -----------------------------------------------------------------
+
+    def audit_intent(self, at: float, rule: str, labels: Mapping[str, str], action: str, target: str, kind: str,
+                     disruptive: bool, dry_run: bool) -> int:
+        """Record an attempt before it runs; returns its id for :meth:`audit_outcome`."""
+        with self._lock:
+            cur = self.db.execute(
+                "INSERT INTO audit (at, rule, labels, action, target, kind, disruptive, dry_run) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, rule, _labels_key(labels), action, target, kind, int(disruptive), int(dry_run)))
+            return int(cur.lastrowid)
+
+    def audit_outcome(self, attempt: int, outcome: str, finished: float, duration: float, output: str) -> None:
+        with self._lock:
+            self.db.execute("UPDATE audit SET outcome = ?, finished = ?, duration = ?, output = ? WHERE id = ?",
+                            (outcome, finished, duration, output[-4000:], attempt))
+
+    def attempts(self, action: Optional[str] = None, target: Optional[str] = None, since: float = 0.0,
+                 rule: Optional[str] = None, disruptive: Optional[bool] = None) -> List[Dict[str, Any]]:
+        """Audit rows, oldest first, filtered as given. Dry runs count as attempts only for themselves."""
+        query = "SELECT * FROM audit WHERE at >= ?"
+        args: List[Any] = [since]
+        for column, value in (("action", action), ("target", target), ("rule", rule)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        if disruptive is not None:
+            query += " AND disruptive = ? AND dry_run = 0"
+            args.append(int(disruptive))
+        with self._lock:
+            cur = self.db.execute(query + " ORDER BY id", args)
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        for row in rows:
+            row["labels"] = json.loads(row["labels"])
+        return rows
+
+    # -- breaker ---------------------------------------------------------------
+
+    def breaker(self) -> Optional[Tuple[float, str]]:
+        """(opened at, why) while the host-wide breaker is open."""
+        with self._lock:
+            row = self.db.execute("SELECT opened_at, reason FROM breaker").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def open_breaker(self, at: float, reason: str) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR IGNORE INTO breaker VALUES (1, ?, ?)", (at, reason))
+
+    def reset_breaker(self) -> bool:
+        with self._lock:
+            return self.db.execute("DELETE FROM breaker").rowcount > 0
 
     # -- silences --------------------------------------------------------------
 
