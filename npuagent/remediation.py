@@ -255,6 +255,12 @@ class Remediation:
         bound = self.actions[name]
         episode.step = len(ladder)
         request = self._request(bound, episode, "firing", names)
+        target = bound.name if bound.tells else bound.target(request)
+        refusal = self._refusal(bound, target, self.clock.time())
+        if refusal is not None and refusal != "busy":  # a person paged an hour ago need not be paged again
+            log.warning("%s: escalation to %s refused: %s", episode.rule, name, refusal)
+            self._record_refusal(bound, request, target, refusal, episode)
+            return True
         if bound.tells:
             self._submit(self._tell, bound, [request])
         else:

@@ -174,15 +174,15 @@ class State:
 
     def attempts(self, action: Optional[str] = None, target: Optional[str] = None, since: float = 0.0,
                  rule: Optional[str] = None, disruptive: Optional[bool] = None) -> List[Dict[str, Any]]:
-        """Audit rows, oldest first, filtered as given. Dry runs count as attempts only for themselves."""
+        """Audit rows, oldest first, filtered as given; an interrupted attempt has outcome None."""
         query = "SELECT * FROM audit WHERE at >= ?"
         args: List[Any] = [since]
         for column, value in (("action", action), ("target", target), ("rule", rule)):
             if value is not None:
                 query += f" AND {column} = ?"
                 args.append(value)
-        if disruptive is not None:
-            query += " AND disruptive = ? AND dry_run = 0"
+        if disruptive is not None:  # what the breaker counts: real attempts, not refusals or dry runs
+            query += " AND disruptive = ? AND dry_run = 0 AND (outcome IS NULL OR outcome != 'skipped')"
             args.append(int(disruptive))
         with self._lock:
             cur = self.db.execute(query + " ORDER BY id", args)
