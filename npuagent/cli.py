@@ -343,6 +343,51 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    import time
+
+    from .options import OptionError, parse_duration
+    from .state import State
+
+    try:
+        since = time.time() - parse_duration(args.since) if args.since else 0.0
+    except OptionError as e:
+        print(f"--since: {e}", file=sys.stderr)
+        return 2
+    state_dir, _listen = _raw_settings(args.config)
+    rows = State(state_path(state_dir)).attempts(since=since, rule=args.rule)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+        return 0
+    now = time.time()
+    table = [("WHEN", "RULE", "LABELS", "ACTION", "KIND", "TARGET", "OUTCOME", "DURATION", "OUTPUT")]
+    for a in rows:
+        outcome = a["outcome"] or "interrupted"  # the intent was written, the outcome never was
+        table.append((_when(a["at"], now), a["rule"], ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items())),
+                      a["action"] + (" [dry-run]" if a["dry_run"] else ""), a["kind"], a["target"], outcome,
+                      "-" if a["duration"] is None else f"{a['duration']:.2f}s",
+                      (a["output"] or "").replace("\n", " ")[:80]))
+    _print_table(table)
+    return 0
+
+
+def cmd_breaker(args: argparse.Namespace) -> int:
+    from .state import State
+
+    state_dir, _listen = _raw_settings(args.config)
+    state = State(state_path(state_dir))
+    opened = state.breaker()
+    if args.action == "status":
+        print(f"open since {_when(opened[0], __import__('time').time())}: {opened[1]}" if opened else "closed")
+        return 0
+    if state.reset_breaker():
+        print(f"breaker reset (it had opened: {opened[1] if opened else '?'})")
+    else:
+        print("the breaker was not open")
+    return 0
+
+
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from . import rulestest
 
@@ -418,6 +463,19 @@ def parser() -> argparse.ArgumentParser:
                         description="End the silences with these ids (see `npuagent silence --list`).")
     un.add_argument("ids", nargs="+", type=int, metavar="ID")
     un.set_defaults(func=cmd_unsilence)
+    hi = sub.add_parser("history", parents=[common], help="the audit log of actions",
+                        description="Every action attempt from the audit log: when, for which alert, on what "
+                                    "target, its outcome and output. An attempt whose outcome was never written "
+                                    "was interrupted (the agent died while it ran).")
+    hi.add_argument("--since", metavar="DURATION", help='only the last DURATION ("2h")')
+    hi.add_argument("--rule", help="only this rule's")
+    hi.add_argument("--json", action="store_true", help="print JSON")
+    hi.set_defaults(func=cmd_history)
+    br = sub.add_parser("breaker", parents=[common], help="show or reset the host-wide breaker",
+                        description="The host-wide breaker refuses disruptive actions after too many in a window, "
+                                    "until reset here.")
+    br.add_argument("action", choices=("status", "reset"))
+    br.set_defaults(func=cmd_breaker)
     rules = sub.add_parser("rules", help="unit-test rules, or export them as Prometheus rules",
                            description="Work with the configured rules.")
     rsub = rules.add_subparsers(dest="rules_command", metavar="COMMAND")

@@ -113,6 +113,14 @@ def self_metrics(agent: Any) -> Iterator[Metric]:
     yield _metric("npuagent_loop_cycles_total", "Passes of the agent's main loop.", "counter",
                   [({}, float(agent.cycles))])
     yield _metric("npuagent_start_time_seconds", "Start time of the agent.", "gauge", [({}, agent.started)])
+    remediation = getattr(agent, "remediation", None)
+    if remediation is not None:
+        yield _metric("npuagent_actions_total", "Action attempts by outcome (success, failure, timeout, skipped, "
+                      "dry-run).", "counter",
+                      [({"action": a, "outcome": o}, float(n)) for (a, o), n in sorted(remediation.counts.items())])
+        breaker = remediation.state.breaker()
+        yield _metric("npuagent_breaker_open", "1 while the host-wide breaker refuses disruptive actions.", "gauge",
+                      [({}, 1.0 if breaker else 0.0)])
     engine = agent.engine
     if engine is None:
         return

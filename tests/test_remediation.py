@@ -270,3 +270,25 @@ def test_storm_an_hour_of_flapping_with_a_failing_restart_stays_within_the_budge
     # the restart failed and escalated to a person once: the page's own cooldown holds back the other 29
     assert len(page.groups) == 1 and page.groups[0][0].history[-1].outcome == "failure"
     assert sum(1 for a in world.state.attempts(action="page") if a["outcome"] == "skipped") == 29
+
+
+def test_history_and_breaker_commands_read_the_state(world: Any, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    from npuagent import cli
+
+    heal = Heal(fail=True)
+    world.make({"heal": bound("heal", heal)})
+    world.fire({"hot": Rule("heal")})
+    world.state.audit_intent(world.clock.t, "hot", {"device_id": "9"}, "heal", "device9", "run", True, False)
+    world.state.open_breaker(world.clock.t, "3 disruptive actions within 3600s")
+    config = tmp_path / "npuagent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n')
+    assert cli.main(["history", "-c", str(config)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["WHEN", "RULE", "LABELS"]
+    assert "failure" in out[1] and "interrupted" in out[2]  # an intent without outcome: the agent died
+    assert cli.main(["history", "-c", str(config), "--json", "--rule", "hot"]) == 0
+    assert '"target": "device9"' in capsys.readouterr().out
+    assert cli.main(["breaker", "status", "-c", str(config)]) == 0
+    assert "3 disruptive actions within 3600s" in capsys.readouterr().out
+    assert cli.main(["breaker", "reset", "-c", str(config)]) == 0
+    assert world.state.breaker() is None
