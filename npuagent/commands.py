@@ -53,6 +53,16 @@ class CommandResult:
         return f"{name} exited with status {self.returncode}{detail}"
 
 
+def _as_user(user: Optional[str]) -> dict:
+    """Popen's user/group/extra_groups for ``user``, so a root agent can run a command as someone else."""
+    if not user:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)  # KeyError: no such user, reported by the caller
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the process group of ``proc`` (it leads its own session)."""
     try:
@@ -69,12 +79,14 @@ def run(
     input: Optional[str] = None,
     running: Optional[MutableSet[subprocess.Popen]] = None,
     lock: Optional[threading.Lock] = None,
+    user: Optional[str] = None,
 ) -> CommandResult:
     """Run ``argv`` for at most ``timeout`` seconds and return what it printed.
 
     :param running: a set the child is kept in while it runs, so that an owner
         that gives up on the caller (the agent abandoning a hung collection) can
         kill it from another thread.
+    :param user: run as this user (and its primary group); the agent must be root for it.
     :raises CommandNotFound: the program does not exist or cannot be executed.
     """
     if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
@@ -90,6 +102,7 @@ def run(
             start_new_session=True,
             text=True,
             errors="replace",
+            **_as_user(user),
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
         raise CommandNotFound(e.errno, f"cannot run {argv[0]}: {e.strerror}") from None

@@ -73,6 +73,7 @@ class PluginContext:
         timeout: Optional[float] = None,
         env: Optional[Mapping[str, str]] = None,
         input: Optional[str] = None,
+        user: Optional[str] = None,
     ) -> commands.CommandResult:
         """Run a command (argv list, no shell) within what is left of the deadline.
 
@@ -84,7 +85,7 @@ class PluginContext:
             collector that lets this propagate is recorded as failed, with the reason).
         """
         limit = self.remaining() if timeout is None else min(timeout, self.remaining())
-        result = commands.run(argv, limit, env=env, input=input, running=self._running, lock=self._lock)
+        result = commands.run(argv, limit, env=env, input=input, running=self._running, lock=self._lock, user=user)
         if result.timed_out:
             raise commands.CommandTimeout(result)
         return result

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("event", "npuagent.builtin.event"),
     ("combine", "npuagent.builtin.combine"),
     ("change", "npuagent.builtin.change"),
+    ("actions", "npuagent.builtin.actions"),
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
