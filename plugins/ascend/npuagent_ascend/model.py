@@ -130,6 +130,9 @@ _GAUGES = (
     ("npu_hbm_total_bytes", "hbm_total_bytes"),
     ("npu_ddr_used_bytes", "ddr_used_bytes"),
     ("npu_ddr_total_bytes", "ddr_total_bytes"),
+)
+#: huge pages are DDR's: a 910B's table says "0 / 0" of a DDR it does not have, DCMI says nothing
+_HUGEPAGES = (
     ("npu_hugepages_used", "hugepages_used"),
     ("npu_hugepages_total", "hugepages_total"),
 )
@@ -150,7 +153,7 @@ def samples(snap: Snapshot, fault_level: Optional[callable] = None) -> List[Samp
                           1.0))
         if c.health is not None:
             out.append(Sample("npu_health", {**labels, "health": c.health}, float(health_value(c.health))))
-        for metric, attr in _GAUGES:
+        for metric, attr in _GAUGES + (_HUGEPAGES if c.ddr_total_bytes else ()):
             value = getattr(c, attr)
             if value is not None:
                 out.append(Sample(metric, labels, float(value)))
