@@ -126,8 +126,11 @@ class Agent:
     """The running agent: configuration, plugins, store, collectors and the loop."""
 
     def __init__(self, cfg: config_mod.Config, plugins: Plugins, clock: Any = None,
-                 notifier: Optional[Notifier] = None, config_path: Optional[str] = None, state: Any = None) -> None:
+                 notifier: Optional[Notifier] = None, config_path: Optional[str] = None, state: Any = None,
+                 control: Any = None) -> None:
         self.clock = clock or SystemClock()
+        #: the control server apps connect to (npuagent.control), made and started by `npuagent run`
+        self.control = control
         self.plugins = plugins
         self.config_path = config_path
         self.state = state
@@ -167,7 +170,7 @@ class Agent:
             old = self.runners.get(c.name)
             if old is not None and _identity(old.cfg) == _identity(c):
                 continue
-            ctx = self.context(c, cfg)
+            ctx = self.context(c, cfg, self)
             ctx.emitter = self._emit
             try:
                 collector = types_[c.type][1].factory(ctx)
@@ -216,7 +219,7 @@ class Agent:
         out = {}
         for name, table in cfg.actions.items():
             kind = types_[table.type][1]
-            ctx = self.context(table, cfg)
+            ctx = self.context(table, cfg, self)
             ctx.timeout = table.options["timeout"]
             try:
                 out[name] = Bound(name, table.type, table.options, kind.factory(ctx), ctx, kind.disruptive)
@@ -238,13 +241,21 @@ class Agent:
             old.close()
 
     @staticmethod
-    def context(c: config_mod.TableConfig, cfg: config_mod.Config) -> PluginContext:
-        """The context a factory of ``c``'s type is given."""
-        return PluginContext(
+    def context(c: config_mod.TableConfig, cfg: config_mod.Config, agent: Optional[Agent] = None) -> PluginContext:
+        """The context a factory of ``c``'s type is given (with the running agent's control server and store)."""
+        ctx = PluginContext(
             name=c.name, type=c.type, options=c.options, plugin_options=cfg.plugin_options.get(c.plugin, {}),
             interval=getattr(c, "interval", 0.0), timeout=getattr(c, "timeout", 10.0),
             state_dir=os.path.join(cfg.agent["state_dir"], c.plugin),
         )
+        if agent is not None:
+            ctx.control = agent.control
+            ctx.latest = agent.latest
+        return ctx
+
+    def latest(self, name: str) -> List[Sample]:
+        """The last sample of every live series named ``name`` (safe from any thread)."""
+        return [Sample(n, dict(labels), v) for n, labels, v in self.store.live() if n == name]
 
     def reload(self) -> bool:
         """Re-read the configuration; an invalid one is refused and the old one keeps running."""
@@ -413,6 +424,8 @@ class Agent:
             self.remediation.close()
         for runner in self.runners.values():
             runner.stop()
+        if self.control is not None:
+            self.control.close()
 
     # -- one-shot ------------------------------------------------------------
 

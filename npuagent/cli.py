@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import config as config_mod
@@ -185,6 +185,22 @@ def state_path(state_dir: str) -> str:
     return os.path.join(state_dir, "state.db")
 
 
+def start_control(cfg: config_mod.Config) -> Any:
+    """The control socket apps connect to; an agent that cannot listen there still watches and heals the rest."""
+    from .control import ControlServer
+
+    c = cfg.control
+    if not c["enabled"]:
+        return None
+    try:
+        return ControlServer(c["socket"], users=c["users"], groups=c["groups"], mode=int(c["mode"], 8),
+                             group=c["group"]).start()
+    except OSError as e:
+        log.error("cannot listen on the control socket %s (%s): apps cannot connect; actions on apps will fail",
+                  c["socket"], e)
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .http import serve
@@ -201,8 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, Exception) as e:
         log.error("cannot open the state database in %s: %s", cfg.agent["state_dir"], e)
         return 1
+    control = start_control(cfg)
     try:
-        agent = Agent(cfg, plugins, config_path=args.config, state=state)
+        agent = Agent(cfg, plugins, config_path=args.config, state=state, control=control)
     except config_mod.ConfigError as e:
         log.error("cannot start, the configuration is invalid:\n%s", e)
         return 2

@@ -64,6 +64,16 @@ HTTP_OPTIONS = (
            "127.0.0.1:9740", "Address and port to listen on; loopback unless you mean otherwise."),
 )
 
+CONTROL_OPTIONS = (
+    Option("enabled", Boolean(), True, "Listen for inference processes using npuagent.client."),
+    Option("socket", String(), "/run/npuagent/control.sock",
+           "The control socket; bind-mount it into serving containers."),
+    Option("mode", String(r"0?[0-7]{3}", 'an octal mode such as "0660"'), "0660", "The socket file's mode."),
+    Option("group", String(), "npuagent", "The socket file's group (with mode 0660: who may connect)."),
+    Option("users", Array(String()), (), "Users whose processes may connect, besides root and the agent's user."),
+    Option("groups", Array(String()), ("npuagent",), "Groups whose members' processes may connect."),
+)
+
 PLUGINS_OPTIONS = (
     Option("disabled", Array(String()), (), "Names of plugins not to load (see `npuagent plugins`)."),
 )
@@ -75,7 +85,7 @@ COLLECTOR_COMMON = (
     Option("timeout", Duration(min=0.05), None, "A collection still running after this is abandoned."),
 )
 
-TOP_LEVEL = ("agent", "http", "plugins", "collectors", "rules", "actions")
+TOP_LEVEL = ("agent", "http", "control", "plugins", "collectors", "rules", "actions")
 
 
 # -- results -------------------------------------------------------------------
@@ -136,6 +146,7 @@ class Config:
     rules: Tuple[TableConfig, ...]
     actions: Mapping[str, TableConfig]
     files: Tuple[str, ...] = field(default=())
+    control: Mapping[str, Any] = field(default_factory=lambda: freeze(validate_table({}, CONTROL_OPTIONS)[0]))
 
     @property
     def listen(self) -> Tuple[str, int]:
@@ -305,6 +316,7 @@ def build(src: Sources, plugins: Any) -> Config:
             src.problem((key,), f"unknown table{close_matches(key, TOP_LEVEL)}")
     agent = validated(src, doc.get("agent", {}), AGENT_OPTIONS, ("agent",))
     http = validated(src, doc.get("http", {}), HTTP_OPTIONS, ("http",))
+    control = validated(src, doc.get("control", {}), CONTROL_OPTIONS, ("control",))
 
     plugins_doc = doc.get("plugins", {})
     plugin_options: Dict[str, Any] = {}
@@ -371,7 +383,7 @@ def build(src: Sources, plugins: Any) -> Config:
     return Config(
         agent=freeze(agent), http=freeze(http), disabled_plugins=tuple(disabled),
         plugin_options=freeze(plugin_options), collectors=tuple(collectors), rules=tuple(rules),
-        actions=freeze(actions), files=tuple(src.files),
+        actions=freeze(actions), files=tuple(src.files), control=freeze(control),
     )
 
 

@@ -7,10 +7,10 @@ import logging
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
 
 from . import commands
-from .model import Event
+from .model import Event, Sample
 
 
 class PluginContext:
@@ -52,6 +52,12 @@ class PluginContext:
         self.emitter: Optional[Callable[[Sequence[Event]], None]] = None
         #: monotonic time by which the current collection must end (set by the agent).
         self.deadline: Optional[float] = None
+        #: the agent's control server (:class:`npuagent.control.ControlServer`) when it listens for apps
+        #: using :mod:`npuagent.client`; None otherwise (``npuagent once``, or ``[control] enabled = false``)
+        self.control: Any = None
+        #: ``latest(name)``: the freshest sample of every live series of that metric, from any collector
+        #: (set by the agent): how an action finds, say, the pids holding memory on a device
+        self.latest: Callable[[str], List[Sample]] = lambda name: []
         self._running: Set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("combine", "npuagent.builtin.combine"),
     ("change", "npuagent.builtin.change"),
     ("actions", "npuagent.builtin.actions"),
+    ("apps", "npuagent.builtin.apps"),
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
