@@ -63,10 +63,10 @@ The simulation, and the decisions behind it:
   ``on``/``by`` labels of a combination) plus the rule's ``labels`` table; not its
   ``severity`` or its rule name, which are the same for every alert of the rule.
   An empty (or absent) ``exp_alerts`` means "no alert".
-* ``stale`` ends a series as a failed collection ends it: it leaves the live set
-  (/metrics) and gets no sample. npuagent's rules read windows and ``stale_after``,
-  not staleness markers, so for a rule ``stale`` is the same as ``_`` -- unlike
-  PromQL, where ``x > 80`` stops returning at once.
+* ``stale`` ends a series as a staleness marker does: its source answers without
+  it, so it leaves the live set (/metrics) and gets no sample, and a threshold on its
+  latest value clears its alert at once, as PromQL's ``x > 80`` stops returning.
+  ``_`` is no sample and no news: the alert holds for ``stale_after``.
 * A rule that raises during a test fails the test, with the error.
 
 Exit status of :func:`run`: 0 all passed, 1 an expectation failed, 2 a test file

@@ -268,6 +268,7 @@ class Series:
         "_store",
         "_ts",
         "_vs",
+        "ended",
         "labels",
         "name",
         "source",
@@ -277,11 +278,15 @@ class Series:
     labels: Labels
     #: The source that delivered this series most recently, and so owns its live entry.
     source: str
+    #: The source's last successful collection did not return it: gone, as after a Prometheus staleness
+    #: marker (a failed collection says nothing and does not set it).
+    ended: bool
 
     def __init__(self, name: str, labels: Labels, source: str, store: Store, capacity_bound: int) -> None:
         self.name = name
         self.labels = labels
         self.source = source
+        self.ended = False
         # The store supplies the retention cut-off: a reload may change it
         # without touching every series.
         self._store = store
@@ -605,14 +610,16 @@ class Store:
                     dropped += 1
                 # The latest source to deliver a series owns its live entry.
                 s.source = source
+                s.ended = False
                 live[key] = s
                 add(key)
             previous = self._by_source.get(source)
             if previous:
                 for key in previous.difference(delivered):
-                    s = live.get(key)
+                    s = series.get(key)
                     if s is not None and s.source == source:
-                        del live[key]
+                        live.pop(key, None)
+                        s.ended = True
             self._by_source[source] = delivered
             self.out_of_order += dropped
             self.invalid += invalid
@@ -661,8 +668,8 @@ class Store:
         with self._lock:
             keys = self._by_source.get(source)
             if keys:
+                # kept as the source's last answer: the next good one ends what it no longer returns
                 self._drop_live(source, keys)
-                self._by_source[source] = set()
 
     def forget_source(self, source: str) -> None:
         """The source was removed by a reload: drop its live set and its bookkeeping."""

@@ -169,6 +169,21 @@ def test_threshold_last_ignores_a_sample_older_than_stale_after_and_the_engine_r
     assert sim.moves() == [(0, dev(0), INACTIVE, FIRING), (50, dev(0), FIRING, INACTIVE)]
 
 
+def test_threshold_last_clears_a_series_its_collector_stopped_returning_but_holds_on_a_failure() -> None:
+    """npu_health{health="Alarm"} becomes npu_health{health="OK"}: the Alarm series is ended, its alert clears
+    at the next evaluation (a staleness marker); a failed collection ends nothing."""
+    r = build("threshold", "degraded", metric=TEMP, above=0, stale_after="5m")
+    sim = Sim(r)
+    alarm, ok = {"device_id": "5", "health": "Alarm"}, {"device_id": "5", "health": "OK"}
+    sim.feed(0, (TEMP, alarm, 2.0))
+    assert [m[4] for m in sim.step(0)] == [FIRING]
+    sim.store.mark_failed("test")  # the collector failed: no news, the alert holds
+    assert sim.step(10) == []
+    sim.feed(20, (TEMP, ok, 0.0))  # it answers again, and the Alarm series is not in the answer
+    assert [(t, labels["health"], prev, state) for t, _r, labels, prev, state, _v in sim.step(20)] == [
+        (20, "Alarm", FIRING, INACTIVE)]
+
+
 def test_threshold_window_without_samples_gives_no_verdict() -> None:
     r = build("threshold", "hot", metric=TEMP, agg="avg", over="30s", above=80)
     sim = Sim(r)

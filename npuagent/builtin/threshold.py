@@ -27,7 +27,10 @@ Why it is built this way:
 * A value the window cannot give (no sample in it, fewer than two for rate,
   NaN, a zero denominator) gives no verdict: the engine then treats the series
   as missing, and ``stale_after`` and ``on_missing`` decide, as for a series
-  that stopped answering. A NaN is "no measurement", not "fine".
+  that stopped answering. A NaN is "no measurement", not "fine". A series its
+  collector stopped returning while still answering (a process gone, a health
+  text changed) is ended, as by a Prometheus staleness marker: its alert clears
+  at once. A collector that fails says nothing, and the alert holds.
 * The functions are PromQL's (from :mod:`npuagent.store`), so an operator can
   check an alert against Prometheus with the expression ``export()`` gives.
 """
@@ -469,6 +472,12 @@ class ThresholdRule:
                 if last is None or last[0] <= oldest:
                     continue
                 value = last[1]
+                if s.ended:
+                    # its collector says it is gone (a process exited, a health text changed): its alert
+                    # clears now, as Prometheus's staleness marker ends it, not stale_after later
+                    if everything:
+                        append(Verdict(s.labels, value, False, True))
+                    continue
             else:
                 key = (fn, s, start)
                 value = memo.get(key, memo)
