@@ -377,6 +377,14 @@ def cmd_history(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=1)
         print()
         return 0
+    print_history(rows)
+    return 0
+
+
+def print_history(rows: List[dict]) -> None:
+    """The audit log as a table: one row per attempt, "interrupted" where the outcome was never written."""
+    import time
+
     now = time.time()
     table = [("WHEN", "RULE", "LABELS", "ACTION", "KIND", "TARGET", "OUTCOME", "DURATION", "OUTPUT")]
     for a in rows:
@@ -386,7 +394,12 @@ def cmd_history(args: argparse.Namespace) -> int:
                       "-" if a["duration"] is None else f"{a['duration']:.2f}s",
                       (a["output"] or "").replace("\n", " ")[:80]))
     _print_table(table)
-    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args.config, args.seconds)
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
@@ -453,6 +466,11 @@ def parser() -> argparse.ArgumentParser:
                            description="Validate the configuration files and print OK or every error as "
                                        "file:line: key: message; exit 0 or 2.")
     check.set_defaults(func=cmd_check)
+    demo = sub.add_parser("demo", parents=[common], help="the whole loop in a minute, on simulated NPUs",
+                          description="Run the agent on the shipped rules and actions (dry-run) against simulated "
+                                      "NPUs and a demo app, and show alerts, actions, messages and resolutions.")
+    demo.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
+    demo.set_defaults(func=cmd_demo)
     plug = sub.add_parser("plugins", parents=[common], help="list plugins with distribution, version and hooks",
                           description="List every plugin with its distribution, version, status, hooks, and "
                                       "the collector, rule and action types it provides.")
