@@ -45,6 +45,8 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("change", "npuagent.builtin.change"),
     ("actions", "npuagent.builtin.actions"),
     ("apps", "npuagent.builtin.apps"),
+    ("scrape", "npuagent.builtin.scrape"),
+    ("probe", "npuagent.builtin.probe"),
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
