@@ -47,6 +47,8 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("apps", "npuagent.builtin.apps"),
     ("scrape", "npuagent.builtin.scrape"),
     ("probe", "npuagent.builtin.probe"),
+    ("notify", "npuagent.builtin.notify"),
+    ("alertmanager", "npuagent.builtin.alertmanager"),
 )
 
 DISABLE_ENV = "NPUAGENT_DISABLE_PLUGINS"
