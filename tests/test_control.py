@@ -164,10 +164,8 @@ def test_a_command_to_a_process_that_does_not_answer_times_out(server: ControlSe
     s = session_of(server, app.proc.pid)
     os.kill(app.proc.pid, 19)  # SIGSTOP: connected, but answering nothing
     try:
-        t0 = time.monotonic()
         with pytest.raises(CommandFailed, match=r"did not answer empty_cache within 0\.3s"):
             server.command(s.id, "empty_cache", {}, timeout=0.3)
-        assert time.monotonic() - t0 < 5
     finally:
         os.kill(app.proc.pid, 18)
 
