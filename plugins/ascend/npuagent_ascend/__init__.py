@@ -110,8 +110,15 @@ class NpuCollector:
 
 @hookimpl
 def npuagent_collector_types() -> List[CollectorType]:
+    from . import cannlog
+
     return [CollectorType(
         name="npu", factory=NpuCollector, options=OPTIONS, interval=30.0, timeout=20.0, metrics=METRICS,
         help="Every Ascend chip: health, temperature, power, utilizations, memory, frequency, ECC, faults and "
              "the processes holding NPU memory, through DCMI or npu-smi.",
+    ), CollectorType(
+        name="cann_log", factory=cannlog.CannLogCollector, options=cannlog.OPTIONS, interval=2.0, timeout=10.0,
+        metrics=cannlog.METRICS,
+        help="CANN plog and device logs and the journal of serving units: messages by level and module, HCCL and "
+             "CANN errors by kind and code, and hccl_error / cann_error events for the rules.",
     )]
