@@ -157,15 +157,18 @@ class Remediation:
                     episode = self.episodes.pop(key, None) or Episode(t.rule, dict(t.labels), t.at, t)
                     episode.transition = t
             names = list(rule.options["actions"])
-            for name in names:
-                bound = self.actions.get(name)
-                if bound is not None and bound.tells:
-                    request = self._request(bound, episode, "firing" if fired else "resolved", names)
-                    tell.setdefault(name, []).append(request)
-            if fired:
-                self._step(episode, names, 0)
-            else:
-                self._revert_all(episode)
+            # the first step is started before the message is made, under the lock its end needs: the message
+            # says which step runs now (or why none could), never "if this does not help" of a step under way
+            with self._lock:
+                if fired:
+                    self._step(episode, names, 0)
+                else:
+                    self._revert_all(episode)
+                for name in names:
+                    bound = self.actions.get(name)
+                    if bound is not None and bound.tells:
+                        request = self._request(bound, episode, "firing" if fired else "resolved", names)
+                        tell.setdefault(name, []).append(request)
         for name, requests in tell.items():
             self._submit(self._tell, self.actions[name], requests)
 
@@ -216,13 +219,15 @@ class Remediation:
 
     def _next_step(self, episode: Episode, names: Sequence[str]) -> str:
         ladder = self._ladder(names)
+        current = ladder[episode.step] if 0 <= episode.step < len(ladder) else None
+        now = f"running {current.name} now; " if current is not None and episode.busy else ""
         upcoming = ladder[episode.step + 1:] if episode.step >= 0 else ladder
         if not upcoming:
-            return "nothing more: the agent has no further remedy for this alert" if episode.step >= 0 else ""
-        current = ladder[episode.step] if 0 <= episode.step < len(ladder) else None
+            return now + "nothing more: the agent has no further remedy for this alert" if episode.step >= 0 else ""
         verify = current.options["verify"] if current else 0.0
-        when = f"if not cleared within {verify:g}s, " if verify else "if this does not help, "
-        return when + "then " + ", then ".join(b.name for b in upcoming)
+        when = f"if not cleared within {verify:g}s, " if verify else "if it fails, " if current else \
+            "if this does not help, "
+        return now + when + "then " + ", then ".join(b.name for b in upcoming)
 
     def _step(self, episode: Episode, names: Sequence[str], index: int) -> None:
         """Try the ladder from ``index``: the first step the guards let through runs."""

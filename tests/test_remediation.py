@@ -119,7 +119,8 @@ def test_firing_runs_the_first_healing_step_and_tells_once_for_all_alerts(world:
     r.wait()
     assert [c.labels["device_id"] for c in heal.calls] == ["0", "1"]
     assert len(page.groups) == 1 and [q.labels["device_id"] for q in page.groups[0]] == ["0", "1"]
-    assert page.groups[0][0].next_step == "if this does not help, then heal"
+    assert page.groups[0][0].next_step == ("running heal now; nothing more: the agent has no further remedy for this "
+                                           "alert")
     assert sorted(world.audit()) == [("heal", "run", "success")] * 2 + [("page", "run", "success")]
     assert r.counts[("heal", "success")] == 2
     assert {res.action for res in world.results} == {"heal", "page"}  # observers told of every outcome
