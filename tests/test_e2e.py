@@ -269,3 +269,68 @@ def test_the_demo_shows_alerts_actions_messages_and_resolutions() -> None:
         in out
     assert "- throttle-app: dry-run: would set the concurrency" in out  # the resolved message says what was done
     assert "the audit log of the run" in out
+
+
+def test_an_hccl_connect_timeout_in_the_logs_restarts_the_unit_with_the_timeout_doubled(tmp_path: Any) -> None:
+    """The shipped configuration, unchanged but for paths: a real HCCL plog excerpt appears in a job's log root ->
+    cann_log event -> hccl-connect-timeout fires -> env-restart writes the drop-in with HCCL_CONNECT_TIMEOUT
+    doubled from the unit's 300 s, daemon-reloads and restarts the unit (a stand-in systemctl) -> the message says
+    so."""
+    receiver = Receiver()
+    etc = tmp_path / "etc"
+    (etc / "conf.d").mkdir(parents=True)
+    with open(os.path.join(ROOT, "etc", "npuagent.toml")) as f:
+        (etc / "npuagent.toml").write_text(f.read())
+    state = tmp_path / "systemctl.json"
+    unit = {"ActiveState": "active", "SubState": "running", "Result": "success",
+            "Environment": "HCCL_CONNECT_TIMEOUT=300"}
+    state.write_text(json.dumps({"units": {"llm-serving.service": unit}, "calls": []}))
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f"#!/bin/sh\nexec {sys.executable} {os.path.join(HELPERS, 'systemctl.py')} \"$@\"\n")
+    systemctl.chmod(0o755)
+    log_root = tmp_path / "joblogs"
+    (etc / "conf.d" / "10-test.toml").write_text(f"""
+[agent]
+state_dir = {json.dumps(str(tmp_path / "state"))}
+[http]
+enabled = false
+[control]
+socket = {json.dumps(str(tmp_path / "control.sock"))}
+group = ""
+[collectors.host]
+enabled = false
+[collectors.npu]
+enabled = false
+[collectors.cann_log]
+interval = "500ms"
+users = []
+roots = [{json.dumps(str(log_root))}]
+start_at = "beginning"
+[actions.hccl-timeout-raise]
+systemctl = {json.dumps(str(systemctl))}
+dropin_dir = {json.dumps(str(tmp_path / "system"))}
+wait = "5s"
+[actions.ops]
+urls = ["json://127.0.0.1:{receiver.port}/"]
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, ASCEND]), "NPUAGENT_DISABLE_PLUGINS": "example",
+           "SYSTEMCTL_STATE": str(state), "SYSTEMCTL_DROPINS": str(tmp_path / "system")}
+    agent = Agent(str(etc), env, str(tmp_path / "agent.log"))
+    dropin = tmp_path / "system" / "llm-serving.service.d" / "90-npuagent.conf"
+    try:
+        plog = log_root / "debug" / "plog" / "plog-148_20240328102548427.log"
+        plog.parent.mkdir(parents=True)
+        with open(os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "plog",
+                               "fixture-hccl-topo-exchange-socket-timeout-1.txt"), "rb") as f:
+            plog.write_bytes(f.read())
+        rows = wait_for(lambda: [(r["kind"], r["outcome"]) for r in agent.history()
+                                 if r["action"] == "hccl-timeout-raise" and r["outcome"]], 30)
+        assert rows == [("run", "success")], (tmp_path / "agent.log").read_text()
+        assert 'Environment="HCCL_CONNECT_TIMEOUT=600"\n' in dropin.read_text()
+        calls = json.loads(state.read_text())["calls"]
+        assert [c for c in calls if c[0] != "show"] == [["daemon-reload"], ["restart", "llm-serving.service"]]
+        messages = [m for m in receiver.wait(1) if "hccl-connect-timeout" in m["title"] + m["message"]]
+        assert messages and "Next: running hccl-timeout-raise now" in messages[0]["message"], receiver.got
+    finally:
+        agent.stop()
+        receiver.close()
