@@ -3,11 +3,12 @@ command runner bound to the deadline of the current collection."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
 import time
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Set
 
 from . import commands
 from .model import Event, Sample
@@ -60,6 +61,7 @@ class PluginContext:
         self.latest: Callable[[str], List[Sample]] = lambda name: []
         self._running: Set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def emit(self, events: Sequence[Event]) -> None:
         """Hand events to the agent now, from any thread, without waiting for the next collection:
@@ -67,11 +69,24 @@ class PluginContext:
         if self.emitter is not None:
             self.emitter(list(events))
 
+    @contextlib.contextmanager
+    def deadline_here(self, deadline: float) -> Iterator[None]:
+        """A deadline for what this thread does in the block, before :attr:`deadline`: one action runs for
+        several targets at once, in several workers, and each run has a deadline of its own."""
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
     def remaining(self) -> float:
         """Seconds left before the current deadline (the full timeout when none is set)."""
-        if self.deadline is None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            deadline = self.deadline
+        if deadline is None:
             return self.timeout
-        return max(self.deadline - time.monotonic(), 0.0)
+        return max(deadline - time.monotonic(), 0.0)
 
     def run(
         self,

@@ -244,8 +244,7 @@ class Remediation:
                 episode.waiting = True  # tried again at the next tick, not skipped
                 return
             if refusal is None:
-                episode.busy = True
-                self._submit(self._run, bound, request, target, episode, names)
+                self._start(bound, request, target, episode, names)
                 return
             log.warning("%s: %s on %s refused: %s", episode.rule, bound.name, target, refusal)
             self._record_refusal(bound, request, target, refusal, episode)
@@ -269,8 +268,7 @@ class Remediation:
         if bound.tells:
             self._submit(self._tell, bound, [request])
         else:
-            episode.busy = True
-            self._submit(self._run, bound, request, bound.target(request), episode, names)
+            self._start(bound, request, target, episode, names)
         return True
 
     def _refusal(self, bound: Bound, target: str, now: float) -> Optional[str]:
@@ -326,9 +324,9 @@ class Remediation:
         attempt = self.state.audit_intent(started, request.rule, request.labels, bound.name, target, kind,
                                           bound.disruptive, request.dry_run)
         t0 = time.monotonic()
-        bound.ctx.deadline = t0 + bound.options["timeout"]
         try:
-            result = call()
+            with bound.ctx.deadline_here(t0 + bound.options["timeout"]):
+                result = call()
             if not isinstance(result, ActionResult):
                 result = ActionResult(bound.name, "failure", f"the action returned {result!r}")
         except Exception as e:
@@ -345,10 +343,16 @@ class Remediation:
             self.observe(result)
         return result
 
+    def _start(self, bound: Bound, request: ActionRequest, target: str, episode: Episode,
+               names: Sequence[str]) -> None:
+        """Hand a step to a worker; its target is busy from now on, not from when a worker takes it up."""
+        with self._lock:
+            episode.busy = True
+            self._busy_targets.add(target)
+        self._submit(self._run, bound, request, target, episode, names)
+
     def _run(self, bound: Bound, request: ActionRequest, target: str, episode: Episode,
              names: Sequence[str]) -> None:
-        with self._lock:
-            self._busy_targets.add(target)
         try:
             result = self._attempt(bound, request, target, "run", lambda: bound.impl.run(request))
         finally:

@@ -181,6 +181,63 @@ def test_cooldown_and_budget_hold_across_episodes_and_restarts(world: Any, tmp_p
     assert "its budget is spent (2 within 3600s)" in world.state.attempts()[-1]["output"]
 
 
+def test_a_spent_budget_moves_the_ladder_to_its_next_step(world: Any) -> None:
+    free, restart, page = Heal(), Heal(), Page()
+    world.make({"free": bound("free", free, budget={"max": 1, "within": "1h"}), "restart": bound("restart", restart),
+                "page": bound("page", page)})
+    rules = {"hot": Rule("free", "restart", "page")}
+    world.fire(rules)
+    assert (len(free.calls), len(restart.calls)) == (1, 0)
+    world.resolve(rules)
+    world.clock.t += 600
+    world.fire(rules)  # free's budget is spent: refused, and the next step runs
+    assert (len(free.calls), len(restart.calls)) == (1, 1)
+    assert [a for a in world.audit() if a[0] != "page"][-2:] == [("free", "run", "skipped"),
+                                                                  ("restart", "run", "success")]
+    told = page.groups[-1][0]
+    assert [(h.action, h.outcome) for h in told.history] == [("free", "skipped")]
+    assert told.next_step == "running restart now; nothing more: the agent has no further remedy for this alert"
+
+
+def test_runs_of_one_action_on_several_targets_each_have_their_own_deadline(world: Any) -> None:
+    """The action's context is shared by its runs; the deadline a run sees is the one its own attempt set."""
+    started, go = threading.Event(), threading.Event()
+    seen: Dict[str, Any] = {}
+
+    class Slow:
+        ctx: Any = None
+
+        def run(self, request: ActionRequest) -> ActionResult:
+            import time
+
+            device = request.labels["device_id"]
+            begun = time.monotonic()
+            if device == "0":
+                started.set()
+                go.wait(10)  # device 1's attempt starts meanwhile
+            else:
+                go.set()
+            end = time.monotonic()
+            seen[device] = (self.ctx.remaining(), 30.0 - (end - begun))
+            return ActionResult("slow", "success")
+
+        def target(self, request: ActionRequest) -> str:
+            return request.labels["device_id"]
+
+    slow = Slow()
+    b = bound("slow", slow, timeout="30s")
+    slow.ctx = b.ctx
+    r = world.make({"slow": b})
+    rules = {"hot": Rule("slow")}
+    r.handle([transition("pending", "firing", world.clock.t, "0")], rules)
+    assert started.wait(10)
+    r.handle([transition("pending", "firing", world.clock.t, "1")], rules)
+    r.wait()
+    for device in "01":
+        remaining, at_most = seen[device]
+        assert remaining <= at_most, (device, remaining, at_most)  # set no later than its run began
+
+
 def test_one_action_per_target_at_a_time(world: Any) -> None:
     gate = threading.Event()
     heal = Heal(gate=gate)
