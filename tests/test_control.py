@@ -217,6 +217,45 @@ def test_importing_the_client_pulls_in_no_dependency_of_the_agent(tmp_path: Any)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
+@pytest.mark.slow
+def test_the_package_installed_without_its_dependencies_serves_an_app(tmp_path: Any) -> None:
+    """What a serving image does: `pip install --no-deps npuagent` into a place that has none of the agent's
+    dependencies, then a bare interpreter (no site-packages) imports the client, talks to a real agent's
+    socket, and has loaded no dependency of the agent."""
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "npuagent"), src / "npuagent", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    target = tmp_path / "image"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--disable-pip-version-check", "--target", str(target), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    installed = {p.name.split("-")[0] for p in target.iterdir()}
+    assert installed == {"npuagent", "bin"}, installed  # the package, its dist-info and script, nothing else
+    path = str(tmp_path / "agent.sock")
+    server = ControlServer(path).start()
+    code = (f"import sys; sys.path.insert(0, {str(target)!r}); from npuagent import client; "
+            f"c = client.connect('image-app', devices=[2], path={path!r}); "
+            "import time; t = time.monotonic()\n"
+            "while not c.connected and time.monotonic() - t < 30: time.sleep(0.02)\n"
+            "bad = [m for m in ('pluggy', 'psutil', 'apprise', 'prometheus_client', 'sdnotify', 'tomli') "
+            "if m in sys.modules]\n"
+            "print(c.connected, bad, client.__file__.startswith(sys.path[0]), flush=True); time.sleep(30)")
+    p = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        assert line == "True [] True", (line, p.stderr.read() if p.poll() is not None else "")
+        s = session_of(server, p.pid)
+        assert s is not None and (s.app, s.devices) == ("image-app", (2,))
+    finally:
+        p.kill()
+        p.wait()
+        server.close()
+
+
 def raw(server: ControlServer) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
