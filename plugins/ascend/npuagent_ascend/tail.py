@@ -364,8 +364,9 @@ class Tailer:
             if taken:
                 t.offset += taken
                 t.dirty = True
-            if taken < end:
+            if taken < end and not full:
                 return False  # a record that may still grow: next poll
+            # a full read left its last record (its continuation lines may be in the next read): read on from it
         return budget <= 0
 
     def _open(self, t: Tracked) -> bool:

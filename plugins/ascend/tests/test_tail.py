@@ -360,3 +360,11 @@ def test_positions_survive_in_the_state(tmp_path: Path, reader: Callable[..., Re
 def committed_offset(r: Reader) -> Optional[int]:
     files = r.state.files()
     return next(iter(files.values())).offset if files else None
+
+
+def test_one_poll_reads_a_backlog_of_many_reads_to_its_end(tmp_path: Path, reader: Callable[..., Reader]) -> None:
+    """Each full read leaves its last record for the next (it may have continuation lines there): the next read
+    starts at that record, in the same poll, so a busy file is caught up within one collection."""
+    r = reader("log/*/plog/plog-*.log", start_at="beginning", chunk=4096, max_line=1024)
+    write(tmp_path / "log/debug/plog/plog-100_20250101000000000.log", "".join(line(n) for n in range(3000)))
+    assert numbers(r.poll()) == list(range(3000))  # about 60 reads of 4 kB
