@@ -1,9 +1,11 @@
 """The npu-smi parser against every real capture in ``<repo>/../shared/fixtures/npu-smi``.
 
 Every expected value below was read by hand off the fixture text, not off the parser's output.
-The ``npu-smi info`` captures go through the real subprocess path: a stand-in ``npu-smi`` script
-in ``tmp_path`` prints the capture (and the ``-m`` / ``-t`` captures of the same chip family), and
-:func:`npusmi.read` runs it through ``PluginContext.run``. The fixtures are never copied or edited.
+Every capture of a command the collector runs (``info``, ``info -m``, ``info -t <form>`` for the
+forms of :data:`npusmi.FORMS`) goes through the real subprocess path: a stand-in ``npu-smi`` script
+in ``tmp_path`` prints the capture (``-m`` and ``-t`` ones with a table of the same chip family),
+and :func:`npusmi.read` runs it through ``PluginContext.run``. The captures of commands the
+collector never runs (:data:`NEVER_RUN`) are parsed directly. The fixtures are never copied or edited.
 """
 
 from __future__ import annotations
@@ -245,6 +247,21 @@ ERRORS = {
 OTHER = {"910B-info_l-1.txt", "910B3-proc_mem-1.txt", "910B1-topo-1.txt", "310B-watch-1.txt",
          "910B1-info_help-1.txt"}
 
+#: captures of npu-smi commands the collector never runs, so there is no subprocess path to send them
+#: through: they are parsed directly (parse_list / parse_proc_mem / parse_topo / parse_watch and
+#: apply_kv's "board" kind are there for them, but :func:`npusmi.read` calls none of them).
+#: test_the_collector_runs_none_of_the_never_run_commands keeps this true.
+NEVER_RUN = {
+    "910-board-1.txt": ("info", "-t", "board"),
+    "910-board_c-1.txt": ("info", "-t", "board"),
+    "910B-board-1.txt": ("info", "-t", "board"),
+    "910B-info_l-1.txt": ("info", "-l"),
+    "910B3-proc_mem-1.txt": ("info", "-t", "proc-mem"),
+    "910B1-topo-1.txt": ("info", "-t", "topo"),
+    "310B-watch-1.txt": ("info", "watch"),
+    "910B1-info_help-1.txt": ("info", "-h"),
+}
+
 
 def test_every_fixture_has_expected_values():
     """A new capture in the shared directory must come with its hand-checked values here."""
@@ -318,6 +335,22 @@ def context(timeout: float = 20.0) -> PluginContext:
 
 def read(s: StandIn, **kwargs: object) -> Snapshot:
     return npusmi.read(context(), command=[str(s.path)], **kwargs)
+
+
+def parsed(monkeypatch: pytest.MonkeyPatch, function: str) -> List[object]:
+    """What ``npusmi.<function>`` returns while :func:`read` runs: the collector's own reading of the stand-in.
+
+    For the values of a capture that no chip field shows (a key the collector does not use, a
+    mapping row of an NPU the table lacks), so they too are checked as the subprocess printed them.
+    """
+    real, seen = getattr(npusmi, function), []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(npusmi, function, spy)
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -458,6 +491,81 @@ def test_mapping_sets_device_ids(tmp_path, info, mapping, devices):
     assert snap.warnings == []
 
 
+def test_910_a1_usages_through_npu_smi(tmp_path, monkeypatch):
+    """910-usages-1 (A1, DDR 15171 MB, no Aivector key) as the ``-t usages`` answer on the 21.0.2 910A table.
+
+    That table has no Hugepages column and no AI CPU or bandwidth figure: those come from the
+    capture alone. ``DDR Capacity(MB)`` is the total, but the table's exact used MiB (1809) stay:
+    the capture's integer 3 % (455 of 15171, as the direct test reads it) is only for a table
+    without them. (The capture is of another A1 host, whose DDR is 15171 where this table says 15079.)
+    """
+    name = "910-usages-1.txt"
+    seen = parsed(monkeypatch, "parse_kv_blocks")
+    s = stand_in(tmp_path, "910A-info-3.txt", forms={"usages": name})
+    snap = read(s, forms=("usages",))
+    assert s.calls() == ["info", "info -t usages -i 1", "info -t usages -i 4"]
+    assert len(seen) == len(snap.chips) == 2
+    for blocks, chip in zip(seen, snap.chips):
+        (block,) = assert_kv_blocks(blocks, KVS[name])
+        assert block["Chip ID"] == "0"
+        assert_chip_fields(chip, {**KVS[name].chips[0], "ddr": (1809, 15171)})
+    assert snap.warnings == []
+
+
+def test_910b1_common_through_npu_smi(tmp_path, monkeypatch):
+    """910B1-common-1 (captured as ``-t common -i 1``) as every NPU's ``-t common`` answer on a 23.0 910B table.
+
+    Its chip block replaces the table's temperature and power (46, 93.4) and gives the current AI
+    core frequency (curFreq 800, not the rated 1800). Its HBM Usage Rate (4 %) does not replace the
+    table's exact HBM MiB. The MCU block (a temperature only) is no chip's and gives no card power.
+    """
+    name = "910B1-common-1.txt"
+    seen = parsed(monkeypatch, "parse_kv_blocks")
+    s = stand_in(tmp_path, "910B3-info-1.txt", forms={"common": name})
+    snap = read(s, forms=("common",))
+    assert s.calls() == ["info"] + [f"info -t common -i {n}" for n in range(8)]
+    assert len(seen) == len(snap.chips) == 8
+    for blocks, chip, table in zip(seen, snap.chips, INFO["910B3-info-1.txt"].chips):
+        (block,) = assert_kv_blocks(blocks, KVS[name])
+        assert block["Chip ID"] == "0"
+        assert_chip_fields(chip, KVS[name].chips[0])
+        assert chip.aicore_utilization_percent == 0.0 and chip.power_limit_watts is None
+        assert pair(chip.hbm_used_bytes, chip.hbm_total_bytes, MIB) == table.hbm
+    assert snap.warnings == []
+
+
+def test_310p_mapping_through_npu_smi(tmp_path, monkeypatch):
+    """310P-info_m-1 (four Duo cards, NPUs 1, 2, 4, 5) as the ``info -m`` answer on the 310P3 table of NPUs 4 and 5.
+
+    The collector reads every chip row of it (the Mcu rows are no chips) and gives each chip of the
+    table its logic id: 4 for NPU 4 chip 0 and 6 for NPU 5 chip 0, where the table, of another
+    host, printed Device 0 and 1. The rows of NPUs 1 and 2 have no chip to go to.
+    """
+    name = "310P-info_m-1.txt"
+    seen = parsed(monkeypatch, "parse_mapping")
+    s = stand_in(tmp_path, "310P3-info-3.txt", mapping=name)
+    snap = read(s, mapping=True)
+    assert s.calls() == ["info", "info -m"]
+    assert seen == [MAPPING[name]]
+    assert [(c.npu_id, c.chip_id, c.device_id) for c in snap.chips] == [(4, 0, 4), (5, 0, 6)]
+    assert snap.warnings == []
+
+
+def test_the_collector_runs_none_of_the_never_run_commands(tmp_path):
+    """Everything the collector can be told to read, on a one-NPU table: no command of :data:`NEVER_RUN`.
+
+    Should the collector ever run one, its captures belong in a through-npu-smi test as well.
+    """
+    assert set(NEVER_RUN) >= OTHER and all(KVS[n].kind == "board" for n in set(NEVER_RUN) - OTHER)
+    s = stand_in(tmp_path, "910B4-info-26-1.txt")
+    read(s, mapping=True, forms=npusmi.FORMS)
+    calls = [tuple(c.split()) for c in s.calls()]
+    assert calls == [("info",), ("info", "-m")] + [
+        ("info", "-t", form, "-i", "0", *(("-c", "0") if form in npusmi.PER_CHIP_FORMS else ()))
+        for form in npusmi.FORMS]
+    assert not [c for c in calls for never in NEVER_RUN.values() if c[:len(never)] == never]
+
+
 @pytest.mark.parametrize("name", sorted(ERRORS))
 def test_error_fixture_is_one_clear_error(tmp_path, name):
     code, prefix = ERRORS[name]
@@ -542,13 +650,41 @@ def test_mapping_keeps_dash_as_none_and_a3_columns():
     assert npusmi.parse_mapping("There is no NPU card on this server.\n") == {}
 
 
-def _chip_blocks(text: str) -> Tuple[List[Dict[str, str]], List[Dict[str, str]]]:
+def _chip_blocks(blocks: List[Dict[str, str]]) -> Tuple[List[Dict[str, str]], List[Dict[str, str]]]:
     chips, mcus = [], []
-    for block in npusmi.parse_kv_blocks(text):
+    for block in blocks:
         if set(block) <= {"NPU ID", "Chip Count"}:
             continue
         (mcus if "Chip Name" in block and "Chip ID" not in block else chips).append(block)
     return chips, mcus
+
+
+def assert_kv_blocks(blocks: List[Dict[str, str]], e: KV) -> List[Dict[str, str]]:
+    """The keys of ``e.raw`` and ``e.mcu`` as the capture spells them; return the chip blocks."""
+    kv: Dict[str, str] = {}
+    for block in blocks:
+        for key, value in block.items():
+            kv.setdefault(key, value)
+    for key, value in e.raw.items():
+        assert kv[key] == value, key
+    chips, mcus = _chip_blocks(blocks)
+    assert len(chips) == len(e.chips)
+    assert len(mcus) == (1 if e.mcu else 0)
+    if e.mcu:
+        for key, value in e.mcu.items():
+            assert mcus[0][key] == value
+    return chips
+
+
+def assert_chip_fields(chip: Chip, expected: Dict[str, object]) -> None:
+    """Chip fields as :data:`KVS` writes them: ``hbm`` / ``ddr`` as MiB pairs, ``hugepages`` as a pair."""
+    for attr, value in expected.items():
+        if attr in ("hbm", "ddr"):
+            assert pair(getattr(chip, f"{attr}_used_bytes"), getattr(chip, f"{attr}_total_bytes"), MIB) == value
+        elif attr == "hugepages":
+            assert (chip.hugepages_used, chip.hugepages_total) == value
+        else:
+            assert getattr(chip, attr) == value, attr
 
 
 @pytest.mark.parametrize("name", sorted(KVS))
@@ -557,24 +693,13 @@ def test_kv_fixture(name):
     kv = npusmi.parse_kv(fixture(name))
     for key, value in e.raw.items():
         assert kv[key] == value, key
-    chips, mcus = _chip_blocks(fixture(name))
-    assert len(chips) == len(e.chips)
-    assert len(mcus) == (1 if e.mcu else 0)
-    if e.mcu:
-        for key, value in e.mcu.items():
-            assert mcus[0][key] == value
+    chips = assert_kv_blocks(npusmi.parse_kv_blocks(fixture(name)), e)
     for index, (block, expected) in enumerate(zip(chips, e.chips)):
         if "Chip ID" in block:
             assert block["Chip ID"] == str(index)
         chip = Chip(npu_id=0, chip_id=index)
         assert npusmi.apply_kv(chip, e.kind, block) == []
-        for attr, value in expected.items():
-            if attr in ("hbm", "ddr"):
-                assert pair(getattr(chip, f"{attr}_used_bytes"), getattr(chip, f"{attr}_total_bytes"), MIB) == value
-            elif attr == "hugepages":
-                assert (chip.hugepages_used, chip.hugepages_total) == value
-            else:
-                assert getattr(chip, attr) == value, attr
+        assert_chip_fields(chip, expected)
 
 
 def test_kv_keys_match_without_case_or_spacing():
