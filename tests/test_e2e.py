@@ -98,15 +98,9 @@ class Agent:
                 self.proc.wait()
 
 
-@pytest.fixture
-def setup(tmp_path: Any) -> Callable[..., Any]:
-    def make(rules: str, scenario: str, start_in: float) -> Dict[str, Any]:
-        etc = tmp_path / "etc"
-        etc.mkdir()
-        (tmp_path / "scenario.toml").write_text(scenario)
-        sim = ", ".join(json.dumps(a) for a in (sys.executable, "-m", "npuagent_ascend.sim", "--scenario",
-                                                str(tmp_path / "scenario.toml")))
-        (etc / "npuagent.toml").write_text(f"""
+def quiet_agent(tmp_path: Any) -> str:
+    """An agent's configuration kept in ``tmp_path``: no HTTP listener, no host collector, a socket of its own."""
+    return f"""
 [agent]
 state_dir = {json.dumps(str(tmp_path / "state"))}
 [http]
@@ -115,7 +109,18 @@ enabled = false
 socket = {json.dumps(str(tmp_path / "control.sock"))}
 group = ""
 [collectors.host]
-enabled = false
+enabled = false"""
+
+
+@pytest.fixture
+def setup(tmp_path: Any) -> Callable[..., Any]:
+    def make(rules: str, scenario: str, start_in: float) -> Dict[str, Any]:
+        etc = tmp_path / "etc"
+        etc.mkdir()
+        (tmp_path / "scenario.toml").write_text(scenario)
+        sim = ", ".join(json.dumps(a) for a in (sys.executable, "-m", "npuagent_ascend.sim", "--scenario",
+                                                str(tmp_path / "scenario.toml")))
+        (etc / "npuagent.toml").write_text(f"""{quiet_agent(tmp_path)}
 [collectors.npu]
 mode = "npu-smi"
 interval = "1s"
@@ -289,16 +294,7 @@ def test_an_hccl_connect_timeout_in_the_logs_restarts_the_unit_with_the_timeout_
     systemctl.write_text(f"#!/bin/sh\nexec {sys.executable} {os.path.join(HELPERS, 'systemctl.py')} \"$@\"\n")
     systemctl.chmod(0o755)
     log_root = tmp_path / "joblogs"
-    (etc / "conf.d" / "10-test.toml").write_text(f"""
-[agent]
-state_dir = {json.dumps(str(tmp_path / "state"))}
-[http]
-enabled = false
-[control]
-socket = {json.dumps(str(tmp_path / "control.sock"))}
-group = ""
-[collectors.host]
-enabled = false
+    (etc / "conf.d" / "10-test.toml").write_text(f"""{quiet_agent(tmp_path)}
 [collectors.npu]
 enabled = false
 [collectors.cann_log]
