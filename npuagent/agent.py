@@ -238,6 +238,7 @@ class Agent:
                                        dry_run=cfg.agent["dry_run"], breaker=cfg.agent["breaker"])
         if old is not None:
             self.remediation.episodes = old.episodes
+            self.remediation.counts = old.counts  # npuagent_actions_total is a counter: a reload does not reset it
             old.close()
 
     @staticmethod

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 import pytest
@@ -185,6 +185,97 @@ def test_an_invalid_configuration_stops_the_start_with_exit_2(daemon: Any) -> No
     assert f'{d.path}:2: agent.log_level: expected one of' in d.text()
     assert d.notify.wait_for("READY=1", timeout=0.5) is None
     d.notify.close()
+
+
+ACTIONS = """
+[agent]
+evaluation_interval = "100ms"
+[http]
+listen = "127.0.0.1:0"
+[control]
+enabled = false
+[plugins]
+disabled = ["example"]
+[collectors.host]
+enabled = false
+[collectors.value-file]
+[[rules]]
+name = "hot"
+type = "threshold"
+metric = "test_value"
+above = 80
+clear_below = 75
+actions = ["drain", "restart", "ops"]
+[actions.drain]
+type = "exec"
+argv = ["false"]
+[actions.restart]
+type = "exec"
+argv = ["true"]
+[actions.ops]
+type = "notify"
+urls = []
+"""
+
+
+def test_actions_total_counts_what_the_actions_did(daemon: Any, tmp_path: Any) -> None:
+    """npuagent_actions_total{action,outcome} on /metrics: the failed step, the one it escalated to, the message
+    sent on firing and again on resolution; the same as the audit log says, and kept across a reload."""
+    value = tmp_path / "value"
+    value.write_text("91")
+    d = daemon(ACTIONS, env={"NPUAGENT_PLUGINS": "value_file", "NPUAGENT_DISABLE_PLUGINS": "ascend",
+                             "NPUAGENT_TEST_VALUE": str(value),
+                             "NPUAGENT_TEST_TRANSITIONS": str(tmp_path / "transitions.jsonl")})
+    d.wait_port()
+
+    def counts(expected: Dict[tuple, float]) -> Dict[tuple, float]:
+        """The actions_total series once they are ``expected`` (or as they are at the deadline)."""
+        got: Dict[tuple, float] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body = d.get("/metrics")
+            got = {(labels["action"], labels["outcome"]): v for name, labels, v in samples(body)
+                   if name == "npuagent_actions_total"}
+            if got == expected:
+                break
+            time.sleep(0.1)
+        assert "# TYPE npuagent_actions_total counter" in body
+        return got
+
+    def audited() -> Dict[tuple, float]:
+        done = subprocess.run([sys.executable, "-m", "npuagent", "history", "--json", "-c", str(d.path)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+        assert done.returncode == 0, done.stderr
+        out: Dict[tuple, float] = {}
+        for row in json.loads(done.stdout):
+            key = (row["action"], row["outcome"])
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    fired = {("drain", "failure"): 1.0, ("restart", "success"): 1.0, ("ops", "success"): 1.0}
+    assert counts(fired) == fired, d.text()
+    assert audited() == fired
+    value.write_text("70")  # resolved: the message says so, one more success of ops
+    resolved = {**fired, ("ops", "success"): 2.0}
+    assert counts(resolved) == resolved, d.text()
+    assert audited() == resolved
+    n = len(d.notify.messages)
+    d.proc.send_signal(signal.SIGHUP)
+    reloading = d.notify.wait_for("RELOADING=1", after=n)
+    assert reloading is not None and d.notify.wait_for("READY=1", after=reloading + 1) is not None
+    assert counts(resolved) == resolved  # a counter, not reset by a reload
+    assert d.stop() == 0
+
+
+def samples(body: str) -> List[Tuple[str, Dict[str, str], float]]:
+    """(name, labels, value) of every sample of an exposition."""
+    out = []
+    for line in body.splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+        if m and not line.startswith("#"):
+            out.append((m.group(1), dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or "")),
+                        float(m.group(3))))
+    return out
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
