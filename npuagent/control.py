@@ -105,12 +105,30 @@ def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
     return pid, uid, gid
 
 
+# SO_PEERGROUPS (Linux 4.13): few builds of the socket module name it; 59 is its number on x86-64 and arm64
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59 if os.uname().machine in ("x86_64", "aarch64") else None)
+
+
+def peer_groups(sock: socket.socket) -> Tuple[int, ...]:
+    """The supplementary groups the process at the other end held when it connected, from the kernel
+    (``docker run --group-add`` gives them to users the host may not know); () where the kernel does not say
+    (before Linux 4.13, or over the 256 groups that fit the socket module's largest buffer)."""
+    if _SO_PEERGROUPS is None:
+        return ()
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
+    except OSError:
+        return ()
+    return struct.unpack(f"{len(data) // 4}I", data[: len(data) // 4 * 4])
+
+
 class ControlServer:
     """Listens on ``path``; keeps the sessions, their latest measurements, and the commands in flight.
 
     :param users: user names (or uids) allowed besides root and the agent's own user.
     :param groups: group names (or gids): a peer whose primary or supplementary groups include
-        one is allowed.
+        one is allowed: the groups its process holds (from the kernel), or its user's in the
+        group database.
     :param mode: the socket file's permissions; ``group`` its group (for mode 0660).
     """
 
@@ -256,7 +274,7 @@ class ControlServer:
             log.warning("control socket: no peer credentials (%s); connection refused", e)
             sock.close()
             return
-        why = self._refusal(pid, uid, gid)
+        why = self._refusal(pid, uid, gid, peer_groups(sock) if self.allowed_gids else ())
         if why:
             self.refused += 1
             log.warning("control socket: refused pid %d uid %d: %s", pid, uid, why)
@@ -270,11 +288,11 @@ class ControlServer:
             self._conns[session.id] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _refusal(self, pid: int, uid: int, gid: int) -> str:
+    def _refusal(self, pid: int, uid: int, gid: int, groups: Sequence[int] = ()) -> str:
         with self._lock:
             if len(self._conns) >= MAX_SESSIONS:
                 return f"{MAX_SESSIONS} sessions already"
-        if uid in self.allowed_uids or gid in self.allowed_gids:
+        if uid in self.allowed_uids or gid in self.allowed_gids or self.allowed_gids & set(groups):
             return ""
         if self.allowed_gids:
             try:

@@ -6,8 +6,10 @@ so the pid the agent learns from SO_PEERCRED is a different process's, as in pro
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import queue
 import shutil
 import socket
@@ -158,6 +160,23 @@ def test_empty_cache_without_torch_is_a_failure_with_the_reason(server: ControlS
         server.command(s.id, "empty_cache", {}, timeout=10)
 
 
+def test_empty_cache_falls_back_to_torch_cuda_when_torch_npu_is_not_importable(server: ControlServer,
+                                                                               start_app: Callable[..., App]) -> None:
+    """A CUDA build of torch, no torch_npu: the cache is freed through torch.cuda, on the host's device ids."""
+    app = start_app("llm", "1", env={"FAKE_TORCH_CUDA": "1", "CUDA_VISIBLE_DEVICES": "6,7",
+                                     "FAKE_TORCH_RESERVED": str(6 << 30), "FAKE_TORCH_ALLOCATED": str(4 << 30)})
+    s = session_of(server, app.proc.pid)
+    assert s.devices == (7,)
+    pushed = wait_for(lambda: [(x.labels["device_id"], x.value) for x in server.samples()
+                               if x.name == "app_memory_reserved_bytes"])
+    assert pushed == [("7", float(6 << 30))]  # the allocator figures come from torch.cuda too
+    freed = server.command(s.id, "empty_cache", {}, timeout=10)
+    assert freed["backend"] == "cuda"
+    assert (freed["reserved_before"], freed["reserved_after"], freed["freed"]) == (6 << 30, 4 << 30, 2 << 30)
+    assert freed["devices"] == [{"device": 7, "reserved_before": 6 << 30, "reserved_after": 4 << 30}]
+    assert server.command(s.id, "empty_cache", {}, timeout=10)["freed"] == 0  # nothing cached is left
+
+
 def test_a_command_to_a_process_that_does_not_answer_times_out(server: ControlServer, start_app: Callable[..., App]
                                                                ) -> None:
     app = start_app()
@@ -201,6 +220,82 @@ time.sleep(60)
     finally:
         p.kill()
         p.wait()
+
+
+def test_the_client_reconnects_by_itself_when_the_agent_comes_back_and_serves_while_it_is_away(tmp_path: Any
+                                                                                                ) -> None:
+    """The agent stops (its socket file removed), then is killed (its socket file left behind): each time the app
+    serves on without waiting, and says hello again to the agent that comes back, which can command it."""
+    path = str(tmp_path / "run" / "control.sock")
+    code = f"""
+import sys
+sys.path.insert(0, {ROOT!r})
+from npuagent import client
+c = client.Client("back", [0], path={path!r}, push_interval=0.1)
+c.backoff_min = c.backoff_max = 0.05
+c.register("echo", lambda args: {{"echo": args}})
+c.start()
+print("ready", flush=True)
+for line in sys.stdin:  # a number from the test: serve that many requests, then say so and whether connected
+    for _ in range(int(line)):
+        with c.limiter, c.measure("inference"):
+            pass
+    print(int(line), c.connected, flush=True)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    app = App(p)
+    assert p.stdin is not None
+
+    def serve(n: int) -> str:
+        assert p.stdin is not None
+        p.stdin.write(f"{n}\n")
+        p.stdin.flush()
+        return app.lines.get(timeout=30)  # requests that waited for the agent would never get here
+
+    def requests(server: ControlServer, count: float) -> bool:
+        return any(x.name == "inference_requests_total" and x.labels["status"] == "ok" and x.value == count
+                   for x in server.samples())
+
+    def away() -> bool:
+        return serve(0) == "0 False"
+
+    server: Optional[ControlServer] = None
+    try:
+        server = ControlServer(path).start()
+        s = session_of(server, p.pid)
+        assert s is not None and s.app == "back"
+        assert wait_for(lambda: serve(0) == "0 True")
+        assert serve(10) == "10 True"
+        assert wait_for(lambda: requests(server, 10))
+        server.close()  # the agent stops
+        server = None
+        assert wait_for(away)
+        assert serve(1000) == "1000 False"  # the agent is away: the requests ran all the same
+
+        server = ControlServer(path).start()
+        s = session_of(server, p.pid)
+        assert s is not None and (s.app, s.devices) == ("back", (0,))  # hello again, by itself
+        assert wait_for(lambda: requests(server, 1010))  # nothing counted while away was lost
+        assert server.command(s.id, "echo", {"x": 2}, timeout=10) == {"echo": {"x": 2}}
+        assert server.command(s.id, "status", {}, timeout=10)["pid"] == p.pid
+
+        server.close()
+        server = None
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(path)  # as a killed agent leaves it: the file is there, nobody listens
+        dead.close()
+        assert wait_for(away)
+        assert serve(5) == "5 False"
+        server = ControlServer(path).start()
+        s = session_of(server, p.pid)
+        assert s is not None and s.app == "back"
+        assert wait_for(lambda: requests(server, 1015))
+        assert server.command(s.id, "echo", {"y": 3}, timeout=10) == {"echo": {"y": 3}}
+    finally:
+        p.kill()
+        p.wait()
+        if server is not None:
+            server.close()
 
 
 def test_importing_the_client_pulls_in_no_dependency_of_the_agent(tmp_path: Any) -> None:
@@ -313,23 +408,28 @@ def test_an_app_cannot_claim_its_app_and_pid_labels(server: ControlServer) -> No
     s.close()
 
 
+# an app of another user: connects, says hello, prints what the agent answers, stays connected argv[2] seconds
+# (the agent may hang up before the hello is written: the refusal is still there to read)
+HELLO = ("import socket, sys, time\n"
+         "s = socket.socket(socket.AF_UNIX)\n"
+         "s.connect(sys.argv[1])\n"
+         "try:\n"
+         "    s.sendall(b'{\"type\": \"hello\", \"app\": \"x\"}\\n')\n"
+         "except OSError:\n"
+         "    pass\n"
+         "print(s.recv(4096).decode())\n"
+         "time.sleep(float(sys.argv[2]))\n")
+SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter may sit where other users cannot reach it
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
 def test_a_user_outside_users_and_groups_is_refused() -> None:
-    python = "/usr/bin/python3"  # the venv's interpreter may sit where other users cannot reach it
+    python = SYSTEM_PYTHON
     if not os.path.exists(python):
         pytest.skip("no system python3 for another user to run")
     where = tempfile.mkdtemp()  # pytest's own temporary directories are closed to other users
     os.chmod(where, 0o755)
-    # the agent may hang up before the hello is written: the refusal is still there to read
-    code = ("import socket, sys, time\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            "s.connect(sys.argv[1])\n"
-            "try:\n"
-            "    s.sendall(b'{\"type\": \"hello\", \"app\": \"x\"}\\n')\n"
-            "except OSError:\n"
-            "    pass\n"
-            "print(s.recv(4096).decode())\n"
-            "time.sleep(float(sys.argv[2]))\n")
+    code = HELLO
     refusing = ControlServer(os.path.join(where, "a.sock")).start()
     allowing = ControlServer(os.path.join(where, "b.sock"), users=["65534"]).start()
     try:
@@ -350,6 +450,76 @@ def test_a_user_outside_users_and_groups_is_refused() -> None:
         refusing.close()
         allowing.close()
         shutil.rmtree(where)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as other users and to add a group")
+def test_processes_in_an_allowed_group_are_accepted_and_others_refused() -> None:
+    """``groups``: a process whose user is a member of one (in the group database), whose primary group is one, or
+    that holds one as a supplementary group (``docker run --group-add``, with no such user on the host) is
+    accepted; any other process of a user outside ``users`` is refused."""
+    if not os.path.exists(SYSTEM_PYTHON) or shutil.which("groupadd") is None or shutil.which("gpasswd") is None:
+        pytest.skip("needs a system python3, groupadd and gpasswd")
+    try:
+        daemon = grp.getgrnam("daemon").gr_gid
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no daemon group or nobody user")
+    stranger = next(u for u in range(54321, 60000) if not _exists(pwd.getpwuid, u))  # a container's user
+    group = f"npuagent-t{os.getpid()}"
+    made = subprocess.run(["groupadd", group], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot add a group: {made.stderr.strip()}")
+    where = tempfile.mkdtemp()  # pytest's own temporary directories are closed to other users
+    os.chmod(where, 0o755)
+    servers: List[ControlServer] = []
+    try:
+        subprocess.run(["gpasswd", "-a", "nobody", group], check=True, capture_output=True)
+        members = ControlServer(os.path.join(where, "members.sock"), groups=[group]).start()
+        servers.append(members)
+        daemons = ControlServer(os.path.join(where, "daemons.sock"), groups=[str(daemon)]).start()  # a gid
+        servers.append(daemons)
+        for s in servers:
+            os.chmod(s.path, 0o666)  # let the kernel pass: the check under test is the agent's
+
+        def accepted(server: ControlServer, uid: int, gid: int, extra: List[int]) -> bool:
+            p = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", HELLO, server.path, "30"], stdout=subprocess.DEVNULL,
+                                 user=uid, group=gid, extra_groups=extra, cwd="/")
+            try:
+                return bool(wait_for(lambda: [(x.pid, x.uid) for x in server.sessions()] == [(p.pid, uid)]))
+            finally:
+                p.kill()
+                p.wait()
+                wait_for(lambda: server.sessions() == [])
+
+        def answer(server: ControlServer, uid: int, gid: int, extra: List[int]) -> str:
+            done = subprocess.run([SYSTEM_PYTHON, "-I", "-c", HELLO, server.path, "0"], capture_output=True,
+                                  text=True, timeout=30, user=uid, group=gid, extra_groups=extra, cwd="/")
+            return done.stdout
+
+        # a member of the group: its process need not hold the group (it logged in before it was added)
+        assert accepted(members, nobody.pw_uid, nobody.pw_gid, [])
+        assert accepted(daemons, nobody.pw_uid, daemon, [])  # its primary group
+        assert accepted(daemons, nobody.pw_uid, nobody.pw_gid, [daemon])  # held as a supplementary group
+        assert accepted(daemons, stranger, stranger, [daemon])  # so, too, by a user the host does not know
+        assert (members.refused, daemons.refused) == (0, 0)
+        refused = "refused: its user is not in the control socket's users or groups"
+        assert refused in answer(daemons, nobody.pw_uid, nobody.pw_gid, [])  # nobody is no member of daemon
+        assert refused in answer(members, stranger, stranger, [daemon])  # nor is the stranger of the new group
+        assert (members.refused, daemons.refused) == (1, 1)
+        assert members.sessions() == [] and daemons.sessions() == []
+    finally:
+        for s in servers:
+            s.close()
+        subprocess.run(["groupdel", group], capture_output=True)
+        shutil.rmtree(where)
+
+
+def _exists(lookup: Callable[[Any], Any], key: Any) -> bool:
+    try:
+        lookup(key)
+    except KeyError:
+        return False
+    return True
 
 
 def test_a_stale_socket_file_is_replaced_and_a_live_one_is_not(tmp_path: Any) -> None:

@@ -2,9 +2,10 @@
 
     python client_app.py APP DEVICES LIMIT
 
-DEVICES is a comma-separated list ("" for none). It imports torch_npu (the fake one on PYTHONPATH, or none),
-serves simulated requests through the limiter and measure(), answers a custom command `echo`, and prints one
-JSON line to stdout at each change of its limit, and "ready" once started.
+DEVICES is a comma-separated list ("" for none). It imports torch_npu and torch (the fake ones on PYTHONPATH, or
+none; a CUDA build has torch and no torch_npu), serves simulated requests through the limiter and measure(),
+answers a custom command `echo`, and prints one JSON line to stdout at each change of its limit, and "ready"
+once started.
 """
 
 import contextlib
@@ -15,6 +16,8 @@ import time
 
 with contextlib.suppress(ImportError):
     import torch_npu  # noqa: F401
+with contextlib.suppress(ImportError):
+    import torch  # noqa: F401
 
 from npuagent import client
 

@@ -2,6 +2,8 @@
 
 The allocator is scripted by the environment: FAKE_TORCH_RESERVED and FAKE_TORCH_ALLOCATED (bytes per
 device); empty_cache() gives back what is reserved and not allocated, as the caching allocator does.
+FAKE_TORCH_CUDA=1 makes it a CUDA build instead: torch.cuda is the allocator (available), and torch_npu
+is not installed (importing it fails).
 """
 
 import os
@@ -11,9 +13,6 @@ class _Cuda:
     @staticmethod
     def is_available() -> bool:
         return False
-
-
-cuda = _Cuda()
 
 
 class _Allocator:
@@ -46,3 +45,12 @@ class _Allocator:
         self.empty_cache_calls += 1
         for d in list(self.reserved):
             self.reserved[d] = self.allocated[d]
+
+
+class _CudaAllocator(_Allocator):
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+
+cuda = _CudaAllocator() if os.environ.get("FAKE_TORCH_CUDA") else _Cuda()
