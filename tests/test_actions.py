@@ -169,3 +169,51 @@ def test_http_action_against_a_real_server() -> None:
         assert make("http", url=f"http://127.0.0.1:{port}/no").run(request()).output == "503 busy"
     finally:
         server.shutdown()
+
+
+def test_exec_env_adds_variables_to_the_agents_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NPUAGENT_TEST_INHERITED", "from-the-agent")
+    monkeypatch.setenv("NPUAGENT_TEST_OVERRIDDEN", "agent")
+    show = "import os; print(*(os.environ.get(k, '-') for k in ('FIX_MODE', 'NPUAGENT_TEST_INHERITED', " \
+           "'NPUAGENT_TEST_OVERRIDDEN')))"
+    a = make("exec", argv=[sys.executable, "-c", show],
+             env={"FIX_MODE": "gentle", "NPUAGENT_TEST_OVERRIDDEN": "action"})
+    result = a.run(request())
+    assert (result.outcome, result.output) == ("success", "gentle from-the-agent action")
+    plain = make("exec", argv=[sys.executable, "-c", show]).run(request())
+    assert plain.output == "- from-the-agent agent"  # without env: the agent's environment, unchanged
+    reverted = make("exec", argv=["true"], revert_argv=[sys.executable, "-c", show], env={"FIX_MODE": "undo"})
+    assert reverted.revert(request()).output == "undo from-the-agent agent"  # the revert command has it too
+
+
+def test_systemd_stop_start_and_reload(systemctl: Any) -> None:
+    def unit() -> Dict[str, Any]:
+        return systemctl.read()["units"]["llm-3.service"]
+
+    stop = make("systemd", unit="llm-{device_id}.service", operation="stop", systemctl=systemctl.path, wait="5s")
+    systemctl.set(**{"llm-3.service": {"ActiveState": "active", "SubState": "running", "Result": "success"}})
+    result = stop.run(request())
+    assert (result.outcome, result.output) == ("success", "llm-3.service stopped")
+    assert systemctl.calls() == [["stop", "llm-3.service"]]
+    assert (unit()["ActiveState"], unit()["SubState"]) == ("inactive", "dead")
+
+    start = make("systemd", unit="llm-{device_id}.service", operation="start", systemctl=systemctl.path, wait="5s")
+    result = start.run(request())  # the unit as the stop left it
+    assert (result.outcome, result.output) == ("success", "llm-3.service started and active (NRestarts=0)")
+    assert systemctl.calls()[-1:] == [["start", "llm-3.service"]]
+    assert unit()["ActiveState"] == "active"
+
+    reload = make("systemd", unit="llm-{device_id}.service", operation="reload", systemctl=systemctl.path, wait="5s")
+    result = reload.run(request())
+    assert (result.outcome, result.output) == ("success", "llm-3.service reloaded and active (NRestarts=0)")
+    assert systemctl.calls()[-1:] == [["reload", "llm-3.service"]]
+    assert [c[0] for c in systemctl.calls()] == ["stop", "start", "reload"]  # never a restart in their place
+
+    systemctl.set(**{"llm-3.service": {"ActiveState": "inactive", "SubState": "dead", "fail_restart": True}})
+    result = start.run(request())
+    assert result.outcome == "failure" and result.output.startswith("systemctl start llm-3.service: ")
+    assert "Job for llm-3.service failed." in result.output
+    for a, operation in ((stop, "stop"), (start, "start"), (reload, "reload")):
+        dry = a.run(request(dry_run=True))
+        assert (dry.outcome, dry.output) == ("dry-run", f"would: systemctl {operation} llm-3.service")
+    assert systemctl.calls() == [["start", "llm-3.service"]]  # the failed start; the dry runs called nothing
