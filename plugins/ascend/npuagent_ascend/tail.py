@@ -23,8 +23,10 @@ glob patterns through all of these:
 * **Descriptors.** At most ``max_open`` files are open. A file is let go (its descriptor
   closed, its position kept) once it is read to the end and its process has gone, a newer
   file of its process exists, or it has been idle for ``idle_close``; it is opened again
-  when it grows. Descriptors of files that are renamed away or deleted with unread bytes
-  are the last to be closed, since closing them loses those bytes.
+  when it grows. To make room for a new file, a file read to its end is closed, one unwritten
+  for a few seconds first: closing one that is still written to risks the lines written to it
+  before it is deleted. Descriptors of files that are renamed away or deleted with unread bytes
+  are never closed to make room, since closing them loses those bytes.
 * **Bad input.** A file that cannot be read is counted and tried again later; nothing
   here raises out of :meth:`Tailer.poll` for one file's sake.
 
@@ -51,6 +53,8 @@ from .plog import LOG_NAME
 log = logging.getLogger("npuagent.ascend.cann_log")
 
 HEAD = 256
+#: seconds a file must have gone unwritten before its descriptor may be closed to make room for another
+EVICT_QUIET = 5.0
 _DEVICE_DIR = re.compile(r"(?:^|/)device-(\d+)$")
 
 #: consume(file, data, final) -> how many bytes of data (whole records) were taken
@@ -444,12 +448,25 @@ class Tailer:
                 self._close(t)
 
     def _evict(self) -> bool:
-        """Close the open file that has been idle longest, of those read to their end and still in place."""
-        idle = [t for t in self.files.values()
-                if t.fd is not None and t.offset >= t.size and not t.away and not t.vanished]
-        if not idle:
+        """Close an open file to make room: one read to its end (as the file says now, not as the last look saw
+        it) and still in place; one unwritten for :data:`EVICT_QUIET` first, idle longest first. A file closed
+        while it is still written to loses the lines written next if it is deleted (CANN's rotation) before it
+        is opened again, so such a file is closed only when every open file is being written (more busy files
+        than ``max_open``: then they take turns, which is the cap's price)."""
+        wall = self.wall()
+        done = []
+        for t in self.files.values():
+            if t.fd is None or t.away or t.vanished:
+                continue
+            try:
+                st = os.fstat(t.fd)
+            except OSError:
+                continue
+            if st.st_size <= t.offset:
+                done.append((wall - st.st_mtime < EVICT_QUIET, t.grew, t))
+        if not done:
             return False
-        self._close(min(idle, key=lambda t: t.grew))
+        self._close(min(done, key=lambda d: d[:2])[2])
         return True
 
     @staticmethod

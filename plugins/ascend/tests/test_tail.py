@@ -368,3 +368,24 @@ def test_one_poll_reads_a_backlog_of_many_reads_to_its_end(tmp_path: Path, reade
     r = reader("log/*/plog/plog-*.log", start_at="beginning", chunk=4096, max_line=1024)
     write(tmp_path / "log/debug/plog/plog-100_20250101000000000.log", "".join(line(n) for n in range(3000)))
     assert numbers(r.poll()) == list(range(3000))  # about 60 reads of 4 kB
+
+
+def test_to_make_room_a_quiet_file_is_closed_before_one_still_written_to(
+        tmp_path: Path, reader: Callable[..., Reader]) -> None:
+    """Closed to make room, a file that gets more lines and is then deleted (CANN's rotation) would lose them."""
+    r = reader("log/*/plog/plog-*.log", start_at="beginning", max_open=2)
+    pid = os.getpid()
+    busy = tmp_path / f"log/debug/plog/plog-{pid}_20250101000000000.log"
+    write(busy, line(1) + line(2))
+    got = numbers(r.poll())
+    quiet = tmp_path / f"log/debug/plog/plog-{pid + 1}_20250101000000000.log"
+    write(quiet, line(20))
+    os.utime(quiet, (time.time() - 60, time.time() - 60))
+    got += numbers(r.poll())  # both open now; the busy one has been idle longer, as far as polls can tell
+    write(tmp_path / f"log/debug/plog/plog-{pid + 2}_20250101000000000.log", line(10))
+    got += numbers(r.poll())  # room is made by closing the quiet file
+    write(busy, line(3))
+    os.unlink(busy)
+    for _ in range(2):
+        got += numbers(r.poll())
+    assert sorted(got) == [1, 2, 3, 10, 20]
