@@ -65,8 +65,9 @@ def new_file():
     global created
     created = time.time()
     if kind in ("cann", "single"):
-        ts = time.strftime("%Y%m%d%H%M%S") + "%03d" % (int(time.time() * 1000) % 1000)
-        path = os.path.join(where, "%s-%d_%s%03d.log" % (prefix, pid, ts, len(files)))
+        now = time.time()  # CANN's name: plog-<pid>_<YYYYmmddHHMMSSfff>.log (a file lasts far longer than 1 ms)
+        ts = time.strftime("%Y%m%d%H%M%S", time.localtime(now)) + "%03d" % (int(now * 1000) % 1000)
+        path = os.path.join(where, "%s-%d_%s.log" % (prefix, pid, ts))
     else:
         path = where
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
