@@ -186,6 +186,17 @@ def test_exec_env_adds_variables_to_the_agents_own(monkeypatch: pytest.MonkeyPat
     assert reverted.revert(request()).output == "undo from-the-agent agent"  # the revert command has it too
 
 
+def test_a_unit_this_host_does_not_have_is_a_failure_that_says_so_and_nothing_is_run(systemctl: Any) -> None:
+    systemctl.set(**{"llm-serving.service": {"ActiveState": "active"}})
+    for a in (make("systemd", unit="llm-{device_id}.service", systemctl=systemctl.path, wait="5s"),
+              make("env-restart", unit="llm-{device_id}.service", scale={"HCCL_CONNECT_TIMEOUT": 2},
+                   base={"HCCL_CONNECT_TIMEOUT": 120}, dropin_dir=systemctl.dropins, systemctl=systemctl.path)):
+        result = a.run(request())
+        assert result.outcome == "failure" and result.output.startswith("no-such-unit: this host has no unit "
+                                                                        "llm-3.service"), result.output
+    assert systemctl.calls() == [] and not os.path.exists(os.path.join(systemctl.dropins, "llm-3.service.d"))
+
+
 def test_systemd_stop_start_and_reload(systemctl: Any) -> None:
     def unit() -> Dict[str, Any]:
         return systemctl.read()["units"]["llm-3.service"]

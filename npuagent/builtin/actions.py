@@ -104,6 +104,10 @@ def make_exec(ctx: Any) -> Exec:
 # -- systemd ----------------------------------------------------------------------------------------------
 
 
+#: refusals that are failures (the ladder goes on to its next step, a person): nothing will change by itself
+FAILURES = ("start-limit-hit", "no-such-unit")
+
+
 class Systemctl:
     """systemctl through the action's deadline; show, operate, and wait for the unit to be active."""
 
@@ -111,8 +115,8 @@ class Systemctl:
         self.ctx, self.path = ctx, path
 
     def show(self, unit: str) -> Dict[str, str]:
-        outcome, output = _run(self.ctx, [self.path, "show", unit, "--property=ActiveState,SubState,Result,"
-                                          "Restart,NRestarts,Environment"])
+        outcome, output = _run(self.ctx, [self.path, "show", unit, "--property=LoadState,ActiveState,SubState,"
+                                          "Result,Restart,NRestarts,Environment"])
         if outcome != "success":
             raise RuntimeError(f"systemctl show {unit}: {output}")
         return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
@@ -120,6 +124,9 @@ class Systemctl:
     def refusal(self, unit: str) -> Optional[str]:
         """Why not to touch the unit now, if there is a reason."""
         props = self.show(unit)
+        if props.get("LoadState") == "not-found":
+            return (f"no-such-unit: this host has no unit {unit}; name the serving unit in the action's `unit` "
+                    "(the shipped configuration says llm-serving.service)")
         if props.get("Result") == "start-limit-hit":
             return (f"start-limit-hit: systemd refuses to start {unit} after too many restarts (StartLimitBurst); "
                     f"a person must look at it, then `systemctl reset-failed {unit}`")
@@ -163,7 +170,7 @@ class Systemd:
         try:
             refusal = self.systemctl.refusal(unit)
             if refusal:
-                outcome = "failure" if refusal.startswith("start-limit-hit") else "skipped"
+                outcome = "failure" if refusal.startswith(FAILURES) else "skipped"
                 return ActionResult(self.ctx.name, outcome, refusal)
             outcome, output = self.systemctl.operate(self.operation, unit, self.wait)
         except RuntimeError as e:
@@ -229,8 +236,7 @@ class EnvRestart:
         try:
             refusal = self.systemctl.refusal(unit)
             if refusal:
-                return ActionResult(self.ctx.name, "failure" if refusal.startswith("start-limit-hit") else "skipped",
-                                    refusal)
+                return ActionResult(self.ctx.name, "failure" if refusal.startswith(FAILURES) else "skipped", refusal)
             values = self.values(unit)
             text = "# written by npuagent: removed when the alert resolves\n[Service]\n" + "".join(
                 f'Environment="{k}={v}"\n' for k, v in sorted(values.items()))

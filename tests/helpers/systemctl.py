@@ -20,9 +20,10 @@ cmd = args[0] if args else ""
 units = state["units"]
 code = 0
 if cmd == "show":
-    unit = units.get(args[1], {"ActiveState": "inactive", "SubState": "dead", "Result": "success"})
-    for key in ("ActiveState", "SubState", "Result", "Restart", "NRestarts", "Environment"):
-        print(f"{key}={unit.get(key, '')}")
+    unit = units.get(args[1], {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead",
+                               "Result": "success"})
+    for key in ("LoadState", "ActiveState", "SubState", "Result", "Restart", "NRestarts", "Environment"):
+        print(f"{key}={unit.get(key, 'loaded' if key == 'LoadState' else '')}")
 elif cmd == "daemon-reload":
     for name, unit in units.items():
         conf = os.path.join(os.environ.get("SYSTEMCTL_DROPINS", "/nonexistent"), f"{name}.d", "90-npuagent.conf")
