@@ -25,7 +25,7 @@ What it gives
       ``npuagent_cann_log_events_total{event,kind}``, ``npuagent_cann_log_journal_up`` and
       ``npuagent_cann_log_problems_total{reason}`` (unreadable, vanished_unread, truncated,
       line_too_long, partial_line, open_files_capped, journal_exit, journal_bad_entry,
-      events_dropped, label_sets_capped).
+      events_dropped, label_sets_capped, bad_record).
 
 Decisions
     * **Exactly once across restarts.** Events are handed to the agent with ``ctx.emit`` as
@@ -70,7 +70,7 @@ from npuagent.options import Array, Duration, Integer, OneOf, Option, String
 
 from . import plog, textlog
 from .classify import Finding, classify
-from .journal import Journal, message, realtime
+from .journal import Journal, message
 from .logstate import CounterKey, LogState
 from .tail import Tailer, Tracked
 
@@ -80,6 +80,8 @@ log = logging.getLogger("npuagent.ascend.cann_log")
 LAYOUT = ("*/plog/plog-*.log", "*/device-*/device-*.log", "plog/plog-*.log", "device-*/device-*.log")
 MAX_LABEL_SETS = 1000
 MAX_MESSAGE = 4000
+#: seconds a journal writer must be quiet before its open block ends while journalctl keeps the queue full
+BUSY_WAIT = 10.0
 PERSISTED = ("cann_log_messages_total", "hccl_errors_total", "cann_errors_total")
 
 OPTIONS = [
@@ -125,7 +127,8 @@ METRICS = [
     MetricSpec("npuagent_cann_log_journal_up", "gauge", "1 while journalctl follows the configured units.", ()),
     MetricSpec("npuagent_cann_log_problems_total", "counter",
                "Input that could not be used, by reason (unreadable, vanished_unread, truncated, line_too_long, "
-               "partial_line, open_files_capped, journal_exit, journal_bad_entry, events_dropped, label_sets_capped).",
+               "partial_line, open_files_capped, journal_exit, journal_bad_entry, events_dropped, label_sets_capped, "
+               "bad_record).",
                ("reason",)),
 ]
 
@@ -219,7 +222,7 @@ class CannLogCollector:
             self._since = self.state.meta("journal_since")
             if self._since is None and not self.state.fresh:
                 self._since = self.state.last_commit or None
-            self.assembler.restore(self.state.meta("journal_open", []))
+            self.assembler.restore(self.state.meta("journal_open", []), time.monotonic())
         log.info("cann_log: following %s%s", ", ".join(found + list(self.globs)) or "no log roots",
                  f"; the journal of {', '.join(self.units)}" if self.units else "")
 
@@ -250,6 +253,7 @@ class CannLogCollector:
                     k = (e.kind, e.labels.get("kind", ""))
                     self.emitted[k] = self.emitted.get(k, 0) + 1
             files, gone = self.tailer.changes()
+            meta["files_scanned"] = self.tailer.scanned
             if self.state.commit(files, gone, self._changed, meta):
                 self.tailer.committed()
                 self._changed = {}
@@ -258,9 +262,13 @@ class CannLogCollector:
                 out.extend(events)  # no agent to hand them to at once (a test, a tool): return them
             return out
         finally:
-            if self._closed:
-                self._shutdown()
             self._busy.release()
+            # close() may have come while this collection ran, and found it busy: shut down now (it is idempotent)
+            if self._closed and self._busy.acquire(blocking=False):
+                try:
+                    self._shutdown()
+                finally:
+                    self._busy.release()
 
     def _consume(self, t: Tracked, data: bytes, final: bool) -> int:
         """Whole lines of one file, from the tailer: count them, classify the error records."""
@@ -272,9 +280,16 @@ class CannLogCollector:
             if len(raw) > self.max_line:
                 self._problem("line_too_long", 1)
                 raw = raw[:self.max_line]
-            rec = plog.parse_record(raw.decode("utf-8", "replace"))
-            self._found(rec, t.device_id, ("file", t.path))
+            try:
+                self._found(plog.parse_record(raw.decode("utf-8", "replace")), t.device_id, ("file", t.path))
+            except Exception:  # a record no rule foresaw: counted and passed, never read again and again
+                self._bad_record(raw)
         return taken
+
+    def _bad_record(self, raw: Any) -> None:
+        self._problem("bad_record", 1)
+        if self.problems["bad_record"] == 1 or log.isEnabledFor(logging.DEBUG):
+            log.warning("cann_log: a record could not be read (counted as bad_record): %.200r", raw, exc_info=True)
 
     def _follow_journal(self, deadline: float) -> Dict[str, Any]:
         """Take what journalctl wrote; the cursor and the open blocks to commit."""
@@ -289,16 +304,25 @@ class CannLogCollector:
             else:
                 journal.start(self._cursor, self._since, self.start_at)
         for entry in journal.drain(max(deadline, time.monotonic() + 0.01)):
-            at = realtime(entry) or time.time()
             unit = str(entry.get("_SYSTEMD_UNIT") or entry.get("UNIT") or "")
             key = (unit, str(entry.get("_PID", "")), str(entry.get("_COMM", "")))
+            # a block's age is counted from when its lines were taken here, not from the entry's own time: read
+            # back after a restart, entries are old, and a block must not end because of that
+            now = time.monotonic()
             for line in message(entry).split("\n"):
-                for rec in self.assembler.feed(line, at, key):
-                    self._journal_record(rec, key)
+                try:
+                    for rec in self.assembler.feed(line, now, key):
+                        self._journal_record(rec, key)
+                except Exception:
+                    self._bad_record(line)
             self._cursor = entry["__CURSOR"]
-        if journal.idle():
-            for key, rec in self.assembler.flush(time.time(), self.block_wait):
+        # blocks whose writer has been quiet end: after block_wait when everything queued was taken, and after
+        # BUSY_WAIT when journalctl keeps the queue full (a block taken in part goes on in the next collection)
+        for key, rec in self.assembler.flush(time.monotonic(), self.block_wait if journal.idle() else BUSY_WAIT):
+            try:
                 self._journal_record(rec, key)
+            except Exception:
+                self._bad_record(rec.text)
         for (level, module), n in self.assembler.headers.items():
             self._count("cann_log_messages_total", (("level", level), ("module", module)), n)
         self.assembler.headers.clear()
@@ -350,6 +374,9 @@ class CannLogCollector:
                     if not open_.labels.get(name) and labels.get(name):
                         open_.labels[name] = labels[name]
             return
+        if len(self._batch) >= self.max_events:
+            self._problem("events_dropped", 1)  # counted, not kept: a flood must not grow this collection's batch
+            return
         pending = _Pending(f, labels, at)
         if self.dedup > 0:
             self._bursts[burst] = pending
@@ -361,9 +388,6 @@ class CannLogCollector:
         expired = time.monotonic() - self.dedup - 10.0
         for key in [k for k, p in self._bursts.items() if p.seen < expired]:
             del self._bursts[key]
-        if len(batch) > self.max_events:
-            self._problem("events_dropped", len(batch) - self.max_events)
-            batch = batch[:self.max_events]
         out = []
         for p in batch:
             p.sent = True
@@ -417,10 +441,11 @@ class CannLogCollector:
     # -- stopping -----------------------------------------------------------
 
     def close(self) -> None:
-        """Stop following. Called from the agent's loop, possibly while a collection runs: then that
-        collection stops at its end."""
+        """Stop following. Called from the agent's loop, possibly while a collection runs: it waits for that
+        collection (bounded by its timeout), so that a collector made by a reload finds the state file free; one
+        that does not end in time shuts down at its end."""
         self._closed = True
-        if self._busy.acquire(blocking=False):
+        if self._busy.acquire(timeout=max(self.ctx.timeout, 0.1) + 1.0):
             try:
                 self._shutdown()
             finally:

@@ -54,6 +54,7 @@ HEADER = re.compile(
 _SCAN = re.compile(
     rb"\n\[(ERROR\] [^\n]*(?:\n(?!\[[A-Z]+\] [A-Z0-9_]+\()[^\n]*)*|[A-Z]+\] [A-Z0-9_]+(?=\())"
 )
+_ERROR_MODULE = re.compile(rb"ERROR\] ([A-Z0-9_]+)\(")
 _HEADER_START = re.compile(rb"\[[A-Z]+\] [A-Z0-9_]+\(-?\d+,")
 
 _SOURCE = re.compile(r"(?:\[status:(?P<status>\w+)\]\s*)?\[(?P<file>[^\[\]\s:]+):(?P<line>\d+)\]\s?(?P<msg>.*)")
@@ -239,8 +240,9 @@ def scan(data: bytes, final: bool = True) -> Tuple[int, Counter[bytes], List[byt
     records: List[bytes] = []
     for key, n in found.items():
         if key[:7] == b"ERROR] ":
-            module = key[7:key.find(b"(")]
-            counts[b"ERROR] " + module] += n
+            header = _ERROR_MODULE.match(key)
+            if header is not None:  # an "[ERROR] " line of another shape (torch_npu's) is a record, not a message
+                counts[b"ERROR] " + header.group(1)] += n
             records.extend([b"[" + key] * n)
         elif key.partition(b"]")[0].decode("ascii", "replace") in _LEVEL_SET:
             counts[key] = n

@@ -157,10 +157,13 @@ class Tailer:
         self.problems: Counter[str] = Counter()
         self.bytes_read = 0
         self._said: Dict[str, float] = {}
+        #: wall-clock time of the last look for files: what a restart may take as known (commit it with the rest)
+        self.scanned = 0.0
 
     # -- finding files ------------------------------------------------------
 
     def _discover(self) -> None:
+        self.scanned = self.wall()
         found: Dict[Key, Tuple[str, os.stat_result]] = {}
         for pattern in self.patterns:
             try:
@@ -221,10 +224,12 @@ class Tailer:
 
     def _skip_existing(self, st: os.stat_result) -> bool:
         """At start, a file the state does not know is read from its start if it may hold lines written since
-        the last run; at the very first start, per ``start_at``."""
+        the last run looked for files (``files_scanned``, committed with the positions: a file made between that
+        look and the commit is unknown to the state, yet older than the commit); at the very first start, per
+        ``start_at``. A second of slack covers file systems with coarse times."""
         if self.state.fresh:
             return self.start_at == "end"
-        return st.st_mtime < self.state.last_commit
+        return st.st_mtime < self.state.meta("files_scanned", self.state.last_commit) - 1.0
 
     def _same(self, t: Tracked, saved: Saved) -> bool:
         """Is this still the file the saved position is about (not an inode number reused, not truncated)?"""
@@ -501,6 +506,8 @@ class Tailer:
         """Log a problem once per key and hour, not at every poll."""
         now = self.clock()
         if now - self._said.get(key, -3600.0) >= 3600.0:
+            if len(self._said) > 1000:  # keys name files: forget those said more than an hour ago
+                self._said = {k: t for k, t in self._said.items() if now - t < 3600.0}
             self._said[key] = now
             log.warning(message, *args)
 
@@ -524,6 +531,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except (OverflowError, ValueError):
+        return False  # no such pid can exist (a file name with a number too large for one)
     except OSError:
         return True
     return True

@@ -196,11 +196,13 @@ class TextAssembler:
         return [[key if not isinstance(key, tuple) else list(key), b.lines, list(b.source), b.info, b.last,
                  b.blanks, b.dropped, b.error] for key, b in self._open.items()]
 
-    def restore(self, state: List[Any]) -> None:
+    def restore(self, state: List[Any], now: Optional[float] = None) -> None:
+        """The open blocks :meth:`state` gave; ``now``, when given, is their writers' last time (a clock of this
+        process: the saved times were of another)."""
         for key, lines, source, info, last, blanks, dropped, error in state:
             key = tuple(key) if isinstance(key, list) else key
-            self._open[key] = _Block(list(lines), (source[0], source[1], source[2]), dict(info), last, blanks, dropped,
-                                     bool(error))
+            self._open[key] = _Block(list(lines), (source[0], source[1], source[2]), dict(info),
+                                     last if now is None else now, blanks, dropped, bool(error))
 
 
 def records_of_text(text: str) -> List[Record]:
