@@ -32,6 +32,9 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 log = logging.getLogger("npuagent.ascend.cann_log")
 
 QUEUE_LINES = 20000
+#: bytes of entries waiting at most (journald's lines go up to 48 KiB, four times that as a JSON array): the
+#: reader waits, journalctl's pipe fills, and journalctl waits, rather than the agent's memory growing
+QUEUE_BYTES = 64 << 20
 
 
 class Journal:
@@ -48,6 +51,9 @@ class Journal:
         self.bad_entries = 0
         self._retry_at = 0.0
         self._ended = True
+        self._stopping = False
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
 
     def argv(self, cursor: Optional[str], since: Optional[float], start_at: str) -> List[str]:
         args = [*self.command, "-f", "-o", "json", "--no-pager"]
@@ -95,10 +101,30 @@ class Journal:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
-                self._queue.put(line)
+                if not self._put(line):
+                    return
         except (OSError, ValueError):
             pass  # closed under us: the collector is stopping
-        self._queue.put(None)
+        self._put(None)
+
+    def _put(self, line: Optional[bytes]) -> bool:
+        """Queue a line, waiting while the queue is full (in lines or bytes); False once :meth:`close` was called."""
+        size = len(line) if line else 0
+        while not self._stopping:
+            with self._bytes_lock:
+                room = self._queued_bytes + size <= QUEUE_BYTES or self._queued_bytes == 0
+                if room:
+                    self._queued_bytes += size
+            if not room:
+                time.sleep(0.05)
+                continue
+            try:
+                self._queue.put(line, timeout=0.5)
+                return True
+            except queue.Full:
+                with self._bytes_lock:
+                    self._queued_bytes -= size
+        return False
 
     def _read_err(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None
@@ -119,8 +145,10 @@ class Journal:
             if line is None:
                 self._ended = True
                 code = self.proc.wait() if self.proc is not None else None
-                self._failed(f"journalctl exited with {code}: {' | '.join(self._stderr) or 'no message'}")
+                self._failed(f"journalctl exited with {code}: {' | '.join(list(self._stderr)) or 'no message'}")
                 break
+            with self._bytes_lock:
+                self._queued_bytes -= len(line)
             try:
                 entry = json.loads(line)
                 if not isinstance(entry, dict) or "__CURSOR" not in entry:
@@ -136,6 +164,7 @@ class Journal:
         return self._queue.empty()
 
     def close(self) -> None:
+        self._stopping = True  # a reader waiting for room in the queue gives up
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -164,9 +193,3 @@ def message(entry: Dict[str, Any]) -> str:
             return ""
     return ""
 
-
-def realtime(entry: Dict[str, Any]) -> Optional[float]:
-    try:
-        return int(entry["__REALTIME_TIMESTAMP"]) / 1e6
-    except (KeyError, TypeError, ValueError):
-        return None

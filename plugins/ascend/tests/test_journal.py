@@ -256,3 +256,32 @@ def test_lines_of_two_writers_do_not_mix(journal: Journal, run: Any) -> None:
     by_kind = {e.labels["kind"]: e for e in r.events}
     assert by_kind["connect_timeout"].message.split("\n") == EI0006
     assert by_kind["device_oom"].labels["pid"] == "2"
+
+
+def test_the_queue_of_entries_is_bounded_in_bytes_and_close_frees_a_waiting_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service printing long lines while the collector is slow: the reader waits (and journalctl with it)
+    instead of holding them all in memory; a reader waiting for room ends when the journal is closed."""
+    from npuagent_ascend import journal
+
+    monkeypatch.setattr(journal, "QUEUE_BYTES", 200_000)
+    printer = ("import json, sys\n"
+               "for i in range(400):\n"
+               "    print(json.dumps({'__CURSOR': 'c%d' % i, 'MESSAGE': 'x' * 10000}), flush=True)\n"
+               "import time; time.sleep(60)\n")
+    j = journal.Journal(["llm.service"], [sys.executable, "-c", printer, "--"])
+    assert j.start(None, None, "beginning")
+    deadline = time.monotonic() + 10
+    while j._queued_bytes < 190_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert 190_000 <= j._queued_bytes <= 200_000 + 10_100  # full, and no fuller
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 100 and time.monotonic() < deadline:
+        got += j.drain(time.monotonic() + 0.5)
+    assert [e["__CURSOR"] for e in got[:100]] == [f"c{i}" for i in range(100)]  # nothing lost while waiting
+    reader = j._threads[0]
+    j.close()
+    reader.join(3)
+    assert not reader.is_alive()
