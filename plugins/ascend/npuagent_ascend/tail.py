@@ -449,7 +449,10 @@ class Tailer:
             if t.fd is None or not done or not quiet or t.away:
                 continue
             superseded = t.pid is not None and newest.get((os.path.dirname(t.path), t.pid), "") > t.created
-            if superseded or now - t.grew >= self.idle_close or (t.pid is not None and not _alive(t.pid)):
+            # the pid in a file name is of the writer's pid namespace: a process in a container may look gone from
+            # here, so its file is let go only once it has been unwritten a while, as a file closed to make room
+            gone = t.pid is not None and wall - t.mtime >= EVICT_QUIET and not _alive(t.pid)
+            if superseded or now - t.grew >= self.idle_close or gone:
                 self._close(t)
 
     def _evict(self) -> bool:

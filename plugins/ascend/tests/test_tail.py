@@ -280,6 +280,7 @@ def test_files_of_processes_that_are_gone_are_let_go(tmp_path: Path, reader: Cal
     gone = d / f"plog-{dead}_20250101000000000.log"
     for p, pid in ((old, mine), (new, mine), (gone, dead)):
         write(p, line(1, pid=pid))
+    os.utime(gone, (time.time() - 60, time.time() - 60))  # and unwritten for a minute
     r = reader("log/plog/plog-*.log", start_at="beginning")
     r.poll()
     open_now = {t.path for t in r.tailer.files.values() if t.fd is not None}
@@ -287,6 +288,7 @@ def test_files_of_processes_that_are_gone_are_let_go(tmp_path: Path, reader: Cal
     assert len(r.tailer.files) == 3  # their positions are kept
     write(gone, line(2, pid=dead))  # grows after all: opened again
     assert numbers(r.poll()) == [2]
+    assert str(gone) in {t.path for t in r.tailer.files.values() if t.fd is not None}  # written just now: kept
 
 
 def test_an_over_long_line_is_cut_and_the_rest_dropped(tmp_path: Path, reader: Callable[..., Reader]) -> None:
