@@ -80,6 +80,8 @@ log = logging.getLogger("npuagent.ascend.cann_log")
 LAYOUT = ("*/plog/plog-*.log", "*/device-*/device-*.log", "plog/plog-*.log", "device-*/device-*.log")
 MAX_LABEL_SETS = 1000
 MAX_MESSAGE = 4000
+#: journalctl exits in a row, started with the saved cursor, after which the cursor is given up for --since
+CURSOR_REFUSALS = 3
 #: seconds a journal writer must be quiet before its open block ends while journalctl keeps the queue full
 BUSY_WAIT = 10.0
 PERSISTED = ("cann_log_messages_total", "hccl_errors_total", "cann_errors_total")
@@ -299,6 +301,12 @@ class CannLogCollector:
         if not journal.running:
             if self._since is None:
                 self._since = time.time()  # the first time this state follows the journal
+            if self._cursor is not None and journal.failures >= CURSOR_REFUSALS:
+                # a cursor journald no longer has (its files vacuumed or rotated away): journalctl exits at once,
+                # every time; go on from the time this state last followed the journal instead
+                log.warning("cann_log: journalctl refused the saved cursor %d times; following from %s instead",
+                            journal.failures, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._since)))
+                self._cursor = None
             if self._cursor is None and self.state.fresh:
                 journal.start(None, None, self.start_at)
             else:

@@ -32,6 +32,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 log = logging.getLogger("npuagent.ascend.cann_log")
 
 QUEUE_LINES = 20000
+#: seconds before journalctl is started again after it exited, doubled with each exit in a row (60 s at most)
+RETRY_BASE = 2.0
 #: bytes of entries waiting at most (journald's lines go up to 48 KiB, four times that as a JSON array): the
 #: reader waits, journalctl's pipe fills, and journalctl waits, rather than the agent's memory growing
 QUEUE_BYTES = 64 << 20
@@ -48,6 +50,8 @@ class Journal:
         self._stderr: Deque[str] = deque(maxlen=5)
         self._threads: List[threading.Thread] = []
         self.exits = 0
+        #: exits since the last entry: the back-off grows with them, and an entry ends it
+        self.failures = 0
         self.bad_entries = 0
         self._retry_at = 0.0
         self._ended = True
@@ -93,7 +97,8 @@ class Journal:
 
     def _failed(self, why: str) -> None:
         self.exits += 1
-        delay = min(2.0 ** min(self.exits, 6), 60.0)
+        self.failures += 1
+        delay = min(RETRY_BASE * 2.0 ** min(self.failures - 1, 5), 60.0)
         self._retry_at = time.monotonic() + delay
         log.warning("journal of %s not followed: %s (trying again in %.0fs)", ", ".join(self.units), why, delay)
 
@@ -157,6 +162,7 @@ class Journal:
                 self.bad_entries += 1
                 continue
             out.append(entry)
+            self.failures = 0
         return out
 
     def idle(self) -> bool:

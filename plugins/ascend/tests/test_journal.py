@@ -49,7 +49,10 @@ seen = entries()
 start = 0
 if cursor is not None:
     cursors = [json.loads(e).get("__CURSOR") if e.startswith("{") else None for e in seen]
-    start = cursors.index(cursor) + 1 if cursor in cursors else len(seen)
+    if cursor not in cursors:  # as journalctl says of a cursor whose journal files are gone
+        sys.stderr.write("Failed to seek to cursor: Invalid argument\n")
+        sys.exit(1)
+    start = cursors.index(cursor) + 1
 elif since is not None:
     start = next((n for n, e in enumerate(seen) if not e.startswith("{")
                   or int(json.loads(e)["__REALTIME_TIMESTAMP"]) >= since * 1e6), len(seen))
@@ -285,3 +288,22 @@ def test_the_queue_of_entries_is_bounded_in_bytes_and_close_frees_a_waiting_read
     j.close()
     reader.join(3)
     assert not reader.is_alive()
+
+
+def test_a_saved_cursor_journald_no_longer_has_is_given_up_for_the_time(journal: Journal, run: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from npuagent_ascend import journal as journal_mod
+
+    monkeypatch.setattr(journal_mod, "RETRY_BASE", 0.05)
+    first = run()
+    first.until(lambda: journal.ready() == 1)
+    journal.add("first")
+    first.until(lambda: first.collector._cursor == "s=1;i=1")
+    first.collector.close()
+    journal.path.write_text("")  # journald vacuumed its files while the agent was down
+    journal.add("RuntimeError: ... NPU function error: AclrtSynchronizeStreamWithTimeout, error code is 507035")
+    second = run()
+    second.until(lambda: len(second.events) == 1)
+    assert second.events[0].labels["kind"] == "vector_error"
+    starts = [a[a.index("-f"):] for a in journal.argv()[1:]]
+    assert [a[-2] for a in starts] == ["--after-cursor"] * 3 + ["--since"]
