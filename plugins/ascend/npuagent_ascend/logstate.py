@@ -154,10 +154,11 @@ class LogState:
         files, gone = list(files), list(gone)
         now = time.time()
         with self._lock:
-            for f in files:
-                self._files[(f.dev, f.ino)] = f
+            # forgotten first: an inode number freed and taken again by a new file is both gone and saved
             for key in gone:
                 self._files.pop(key, None)
+            for f in files:
+                self._files[(f.dev, f.ino)] = f
             if counters:
                 self._counters.update(counters)
             meta_rows = {k: json.dumps(v) for k, v in (meta or {}).items()}
@@ -174,10 +175,10 @@ class LogState:
                 try:
                     if self._behind:
                         db.execute("DELETE FROM files")
+                    db.executemany("DELETE FROM files WHERE dev = ? AND ino = ?", gone)
                     db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                    [(f.dev, f.ino, f.path, f.offset, f.head_len, f.head_hash, int(f.skip), now)
                                     for f in files])
-                    db.executemany("DELETE FROM files WHERE dev = ? AND ino = ?", gone)
                     db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                    [(name, json.dumps(labels), value) for (name, labels), value in
                                     (counters or {}).items()])

@@ -391,3 +391,17 @@ def test_to_make_room_a_quiet_file_is_closed_before_one_still_written_to(
     for _ in range(2):
         got += numbers(r.poll())
     assert sorted(got) == [1, 2, 3, 10, 20]
+
+
+def test_an_inode_forgotten_and_taken_again_before_a_commit_keeps_its_new_position(tmp_path: Path) -> None:
+    state = LogState(str(tmp_path / "s.db"))
+    from npuagent_ascend.logstate import Saved
+
+    old = Saved(1, 42, "/x/plog-1_20250101000000000.log", 100, 0, "", False)
+    new = Saved(1, 42, "/x/plog-2_20250101000000000.log", 7, 0, "", False)
+    assert state.commit([old])
+    assert state.commit([new], [(1, 42)])  # the old file forgotten, its inode number already the new file's
+    state.close()
+    again = LogState(str(tmp_path / "s.db"))
+    assert again.files() == {(1, 42): new}
+    again.close()
