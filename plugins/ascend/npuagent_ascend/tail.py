@@ -30,7 +30,9 @@ glob patterns through all of these:
 * **Bad input.** A file that cannot be read is counted and tried again later; nothing
   here raises out of :meth:`Tailer.poll` for one file's sake.
 
-New files are found by globbing at every poll, so a file is picked up within one interval.
+New files are found by globbing at every poll, so a file is picked up within one interval. Files idle
+for ``idle_close``, closed and read to their end (the logs of processes long gone) are looked at only
+every ``COLD_EVERY`` polls: one that grows after all is read up to that many intervals late.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ log = logging.getLogger("npuagent.ascend.cann_log")
 HEAD = 256
 #: seconds a file must have gone unwritten before its descriptor may be closed to make room for another
 EVICT_QUIET = 5.0
+#: a cold file (closed, read to its end, idle for idle_close) is looked at once every this many polls
+COLD_EVERY = 10
 _DEVICE_DIR = re.compile(r"(?:^|/)device-(\d+)$")
 
 #: consume(file, data, final) -> how many bytes of data (whole records) were taken
@@ -73,6 +77,7 @@ class Tracked:
         "created",
         "dev",
         "device_id",
+        "dir",
         "dirty",
         "fd",
         "grew",
@@ -108,12 +113,11 @@ class Tracked:
         self._describe()
 
     def _describe(self) -> None:
-        name = os.path.basename(self.path)
+        self.dir, name = os.path.split(self.path)
         m = LOG_NAME.search(name)
         if m is not None:
             self.pid, self.created = int(m.group("pid")), m.group("created")
-        parent = os.path.dirname(self.path)
-        d = _DEVICE_DIR.search(parent)
+        d = _DEVICE_DIR.search(self.dir)
         if name.startswith("device-") and d is not None:
             self.source, self.device_id = "device", d.group(1)
         elif name.startswith("plog-"):
@@ -159,12 +163,17 @@ class Tailer:
         self._said: Dict[str, float] = {}
         #: wall-clock time of the last look for files: what a restart may take as known (commit it with the rest)
         self.scanned = 0.0
+        #: path -> key of the cold files, as the last poll found them
+        self._cold: Dict[str, Key] = {}
 
     # -- finding files ------------------------------------------------------
 
     def _discover(self) -> None:
         self.scanned = self.wall()
-        found: Dict[Key, Tuple[str, os.stat_result]] = {}
+        found: Dict[Key, Tuple[str, Optional[os.stat_result]]] = {}
+        # cold files (closed, read to their end, idle for idle_close: the logs of processes long gone, which CANN
+        # never deletes) are looked at every COLD_EVERY polls only: thousands of them cost a stat each otherwise
+        cold = {} if self._polls % COLD_EVERY == 0 else self._cold
         for pattern in self.patterns:
             try:
                 paths = glob.glob(pattern)
@@ -172,6 +181,10 @@ class Tailer:
                 self._say(f"glob:{pattern}", "cannot look for %s: %s", pattern, e)
                 continue
             for path in paths:
+                key = cold.get(path)
+                if key is not None:
+                    found.setdefault(key, (path, None))
+                    continue
                 try:
                     st = os.stat(path)
                 except OSError:
@@ -180,6 +193,8 @@ class Tailer:
                     found.setdefault((st.st_dev, st.st_ino), (path, st))
         first = self._polls == 0
         for key, (path, st) in found.items():
+            if st is None:
+                continue  # cold, and still there
             t = self.files.get(key)
             if t is None:
                 t = self.files[key] = self._adopt(key, path, st, first)
@@ -438,17 +453,20 @@ class Tailer:
         newest: Dict[Tuple[str, int], str] = {}
         for t in self.files.values():
             if t.pid is not None and not t.away and not t.vanished:
-                k = (os.path.dirname(t.path), t.pid)
+                k = (t.dir, t.pid)
                 newest[k] = max(newest.get(k, ""), t.created)
+        self._cold = {}
         for t in list(self.files.values()):
             done = t.offset >= t.size
             quiet = wall - t.mtime >= self.block_wait and now - t.grew >= self.block_wait
             if (t.vanished and done) or (t.away and now - t.grew >= self.idle_close):
                 self._forget(t)  # read to its end (or renamed away and idle): no more lines will come
                 continue
+            if t.fd is None and done and not t.away and now - t.grew >= self.idle_close:
+                self._cold[t.path] = t.key
             if t.fd is None or not done or not quiet or t.away:
                 continue
-            superseded = t.pid is not None and newest.get((os.path.dirname(t.path), t.pid), "") > t.created
+            superseded = t.pid is not None and newest.get((t.dir, t.pid), "") > t.created
             # the pid in a file name is of the writer's pid namespace: a process in a container may look gone from
             # here, so its file is let go only once it has been unwritten a while, as a file closed to make room
             gone = t.pid is not None and wall - t.mtime >= EVICT_QUIET and not _alive(t.pid)

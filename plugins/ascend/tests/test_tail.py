@@ -405,3 +405,28 @@ def test_an_inode_forgotten_and_taken_again_before_a_commit_keeps_its_new_positi
     again = LogState(str(tmp_path / "s.db"))
     assert again.files() == {(1, 42): new}
     again.close()
+
+
+def test_a_cold_file_is_looked_at_every_few_polls_and_read_when_it_grows(
+        tmp_path: Path, reader: Callable[..., Reader], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed, read and idle for idle_close: the file is not stat()ed at every poll (hosts keep thousands of them),
+    but once every COLD_EVERY polls, so lines written to it after all are read, a few polls late."""
+    from npuagent_ascend import tail
+
+    r = reader("log/*/plog/plog-*.log", start_at="beginning", idle_close=0.2)
+    p = tmp_path / f"log/debug/plog/plog-{os.getpid()}_20250101000000000.log"
+    write(p, line(1))
+    assert numbers(r.poll()) == [1]
+    time.sleep(0.3)
+    r.poll()
+    r.poll()  # idle past idle_close: closed, then cold
+    assert [t.path for t in r.tailer.files.values()] == list(r.tailer._cold) == [str(p)]
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(tail.os, "stat", lambda path, *a, **k: stats.append(path) or real_stat(path, *a, **k))
+    write(p, line(2))
+    got, polls = [], 0
+    while not got and polls <= tail.COLD_EVERY:
+        got = numbers(r.poll())
+        polls += 1
+    assert got == [2] and stats.count(str(p)) == 1  # looked at once, in one of the next COLD_EVERY polls
