@@ -18,6 +18,7 @@ metric and label are options.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, List, Sequence
 
 from .. import hookimpl
@@ -64,7 +65,7 @@ TARGETING = [
 ]
 
 
-class _AppAction:
+class _AppAction(abc.ABC):
     """What ``empty_cache`` and ``throttle`` share: finding the sessions, sending, summing up the replies."""
 
     command = ""
@@ -121,8 +122,9 @@ class _AppAction:
         outcome = "success" if failed == 0 else "failure"
         return ActionResult(name, outcome, "\n".join(lines))
 
+    @abc.abstractmethod
     def describe(self, result: Dict[str, Any]) -> str:
-        raise NotImplementedError
+        """One app's reply, in words for the audit log and the message."""
 
 
 def _mib(value: Any) -> str:
