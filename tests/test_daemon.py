@@ -294,3 +294,19 @@ def test_live_metrics_pass_promtool_check_metrics(daemon: Any) -> None:
                           for n in NODE_EXPORTER_CAMEL_CASE}
     assert result.returncode in (0, 3)  # 3: lint findings only, no parse error
     d.stop()
+
+
+def test_the_daemon_caps_glibcs_malloc_arenas_unless_the_environment_says() -> None:
+    """A subprocess each time: mallopt changes the process it runs in."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's arena cap is glibc's")
+    code = "from npuagent.cli import fewer_malloc_arenas; print(fewer_malloc_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env["PYTHONPATH"] = ROOT
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "4"}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr  # the operator's own setting stands
